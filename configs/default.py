@@ -1,0 +1,61 @@
+"""The paper's settings (§IV.A): full-width IFESNet with 3 IFEM stages, batch 1, Adam lr 1e-4,
+β1 0.9, weight decay 5e-3, τ = 1, ξ = 1.7. Variants import this file and override a few fields."""
+import ml_collections
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.model = model = ml_collections.ConfigDict()
+    model.num_stages = 3                  # IFEM stages: 1..4 (paper's S1..S4, Table V)
+    model.hierarchical_connection = False  # paper's HC (Fig. 10)
+    model.interactive = True              # False: "w/o IFEM" (Fig. 9b, Tables III-IV)
+    model.width_multiplier = 1.0          # scales every hidden channel count
+    model.activation = "relu"             # after every hidden conv
+    model.weight_activation = "sigmoid"   # sigmoid | linear | softmax for the 2 weight maps
+    model.dtype = "float32"               # compute dtype (bfloat16 for mixed precision)
+    model.param_dtype = "float32"
+
+    config.loss = loss = ml_collections.ConfigDict()
+    loss.weight_ir = 1.0       # L_I (eq. 7)
+    loss.weight_vis = 1.0      # L_V (eq. 7)
+    loss.weight_fusion = 1.0   # L_F = 1 - SSIM (eq. 12)
+    loss.weight_map = 1.0      # L_M (eq. 13)
+    loss.recon = "mse"         # mse | mae (Table VI)
+    loss.ssim_mode = "window"  # window (MEF-SSIM patch-wise) | global (eq. 9-10 literally)
+    loss.window = "uniform"    # uniform | gaussian
+    loss.window_size = 11
+    loss.window_sigma = 1.5    # for the gaussian window
+    loss.ssim_c = 0.03 ** 2    # (0.03 L)^2 with L = 1 for images in [0, 1]
+    loss.eps = 1e-6            # variance floor for flat patches
+    loss.xi = 1.7              # ξ of the expected image (eq. 10)
+    loss.tau = 1.0             # τ of the weight-map constraint (eq. 13)
+
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.learning_rate = 1e-4
+    optim.b1 = 0.9
+    optim.b2 = 0.999
+    optim.weight_decay = 5e-3
+    optim.weight_decay_mode = "l2"  # l2 (coupled, as a TF kernel regulariser) | decoupled (AdamW)
+    optim.schedule = "constant"     # constant | warmup_constant | warmup_cosine
+    optim.warmup_steps = 0
+    optim.grad_clip_norm = 0.0      # > 0: clip by global norm
+
+    config.data = data = ml_collections.ConfigDict()
+    data.source = "synthetic"
+    data.synthetic_pairs = 64       # size of the synthetic training pool
+    data.synthetic_size = 256       # its images are synthetic_size x synthetic_size
+    data.crop_size = 128            # random same-position crops of both sources
+    data.flips = True
+
+    config.train = train = ml_collections.ConfigDict()
+    train.steps = 100_000
+    train.batch_size = 1
+    train.log_every = 100
+    train.checkpoint_every = 5_000
+    train.keep_checkpoints = 3
+    train.sample_every = 5_000      # fused PNGs of the fixed sample pairs
+    train.num_samples = 3
+    train.sample_size = 192
+    return config

@@ -1,0 +1,156 @@
+"""Training: optimizer, weight decay, the pure train step, and a whole run with resume."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import quickstart
+from ifes_jax import train
+from ifes_jax.data import pipeline, synthetic
+
+
+def tiny_config(**train_overrides):
+    config = quickstart.get_config()
+    config.model.width_multiplier = 0.125
+    config.data.synthetic_pairs = 4
+    config.data.synthetic_size = 64
+    config.data.crop_size = 32
+    config.train.update(dict(batch_size=2, steps=6, log_every=2, checkpoint_every=3,
+                             sample_every=1000, num_samples=1, sample_size=32))
+    config.train.update(train_overrides)
+    return config
+
+
+def test_kernel_mask_selects_conv_kernels_only():
+    state = train.create_train_state(tiny_config(), jax.random.key(0), 16)
+    mask = train.kernel_mask(state.params)
+    flat = jax.tree_util.tree_flatten_with_path(mask)[0]
+    assert len(flat) == 2 * 22
+    for path, selected in flat:
+        assert selected == (path[-1].key == "kernel")
+
+
+@pytest.mark.parametrize("mode", ["l2", "decoupled"])
+def test_weight_decay_touches_kernels_and_not_biases(mode):
+    config = tiny_config()
+    config.optim.weight_decay_mode = mode
+    lr, wd = config.optim.learning_rate, config.optim.weight_decay
+    params = {"conv": {"kernel": jnp.asarray([[0.5, -2.0], [1e-3, 3.0]]), "bias": jnp.asarray([1.0, -1.0])}}
+    tx = train.make_optimizer(config.optim, 10)
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero_grads, tx.init(params), params)
+    kernel = np.asarray(params["conv"]["kernel"])
+    if mode == "decoupled":  # AdamW: -lr * wd * w, outside Adam
+        expected = -lr * wd * kernel
+    else:  # coupled: Adam's first step on g = wd * w is -lr * g / (|g| + 1e-8)
+        g = wd * kernel
+        expected = -lr * g / (np.abs(g) + 1e-8)
+    np.testing.assert_allclose(updates["conv"]["kernel"], expected, rtol=1e-5)
+    np.testing.assert_array_equal(updates["conv"]["bias"], 0.0)
+
+
+def test_warmup_cosine_schedule_follows_its_formula():
+    config = tiny_config()
+    config.optim.update(schedule="warmup_cosine", warmup_steps=10, learning_rate=1e-3)
+    fn = train.learning_rate_schedule(config.optim, 110)
+    for step in (0, 5, 10, 60, 110):
+        if step < 10:
+            expected = 1e-3 * step / 10
+        else:
+            expected = 1e-3 * 0.5 * (1 + np.cos(np.pi * (step - 10) / 100))
+        np.testing.assert_allclose(float(fn(step)), expected, rtol=1e-5, atol=1e-12)
+
+
+def test_gradient_clipping_bounds_the_update_norm():
+    config = tiny_config()
+    config.optim.update(grad_clip_norm=1.0, weight_decay=0.0, weight_decay_mode="decoupled",
+                        learning_rate=1.0, b1=0.0, b2=0.0)
+    tx = train.make_optimizer(config.optim, 10)
+    params = {"w": jnp.zeros(4)}
+    grads = {"w": jnp.asarray([30.0, 40.0, 0.0, 0.0])}
+    clipped = optax.clip_by_global_norm(1.0).update(grads, None)[0]
+    np.testing.assert_allclose(clipped["w"], [0.6, 0.8, 0, 0], rtol=1e-6)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert np.all(np.isfinite(updates["w"]))
+
+
+def test_train_steps_lower_the_loss_on_a_fixed_batch():
+    config = tiny_config()
+    config.optim.learning_rate = 1e-3
+    ir, vis = synthetic.synthetic_pairs(0, 2, 48, 48)
+    batch = {"ir": ir[..., None], "vis": vis[..., None]}
+    state = train.create_train_state(config, jax.random.key(0), 48)
+    step = train.make_train_step(config)
+    state, first = step(state, batch)
+    for _ in range(60):
+        state, metrics = step(state, batch)
+    assert int(state.step) == 61
+    assert float(metrics["loss"]) < 0.7 * float(first["loss"])
+    for key in ("loss_ir", "loss_vis", "loss_fusion", "loss_map", "grad_norm", "learning_rate"):
+        assert np.isfinite(float(metrics[key]))
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+    ir, vis = synthetic.synthetic_pairs(3, 3, 40, 50)
+    a = pipeline.batch_at(ir, vis, seed=1, step=7, batch_size=4, crop=16)
+    b = pipeline.batch_at(ir, vis, seed=1, step=7, batch_size=4, crop=16)
+    c = pipeline.batch_at(ir, vis, seed=1, step=8, batch_size=4, crop=16)
+    np.testing.assert_array_equal(a["ir"], b["ir"])
+    assert not np.array_equal(a["ir"], c["ir"])
+    assert a["ir"].shape == a["vis"].shape == (4, 16, 16, 1)
+
+
+def test_crops_of_both_sources_come_from_the_same_position():
+    yy, xx = np.mgrid[0:40, 0:50].astype(np.float32)
+    coords = (yy * 50 + xx)[None]  # each pixel encodes its position
+    for step in range(20):
+        batch = pipeline.batch_at(coords, coords + 0.5, seed=0, step=step, batch_size=2, crop=8)
+        np.testing.assert_array_equal(batch["vis"], batch["ir"] + 0.5)
+        crop = batch["ir"][0, ..., 0]
+        # a crop (possibly flipped) of a contiguous block: row and column steps of ±50 and ±1
+        assert set(np.unique(np.abs(np.diff(crop, axis=0)))) == {50.0}
+        assert set(np.unique(np.abs(np.diff(crop, axis=1)))) == {1.0}
+
+
+def test_synthetic_pairs_are_deterministic_and_in_range():
+    a, b = synthetic.synthetic_pair(5, 64, 80), synthetic.synthetic_pair(5, 64, 80)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], synthetic.synthetic_pair(6, 64, 80)[0])
+    for x in a:
+        assert x.shape == (64, 80) and x.dtype == np.float32 and x.min() >= 0 and x.max() <= 1
+    ir, vis = a
+    # hot targets: the hottest infrared pixels stand out well above the thermal background
+    assert np.percentile(ir, 99.9) - np.median(ir) > 0.3
+
+
+def _read(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_train_and_evaluate_writes_its_outputs_and_resumes_exactly(tmp_path):
+    straight = train.train_and_evaluate(tiny_config(steps=9), str(tmp_path / "straight"))
+
+    workdir = str(tmp_path / "resumed")
+    train.train_and_evaluate(tiny_config(steps=6), workdir)
+    for name in ("config.json", "metrics.jsonl", "loss_curve.png", "samples/pair0_fused.png",
+                 "samples/pair0_weight_ir.png", "samples/pair0_weight_vis.png",
+                 "samples/grid_step000006.png"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+    assert [r["step"] for r in _read(os.path.join(workdir, "metrics.jsonl"))] == [2, 4, 6]
+
+    resumed = train.train_and_evaluate(tiny_config(steps=9), workdir)
+    assert int(resumed.step) == 9
+    rows = _read(os.path.join(workdir, "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [2, 4, 6, 8, 9]
+    for key in ("loss", "loss_ir", "loss_vis", "loss_fusion", "loss_map", "grad_norm",
+                "learning_rate", "steps_per_sec", "images_per_sec"):
+        assert np.isfinite(rows[-1][key])
+    for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
