@@ -1,6 +1,7 @@
 """The paper's settings (§IV.A): full-width IFESNet with 3 IFEM stages, batch 1, Adam lr 1e-4,
 β1 0.9, weight decay 5e-3, τ = 1, ξ = 1.7. Variants import this file and override a few fields."""
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config():
@@ -43,11 +44,20 @@ def get_config():
     optim.grad_clip_norm = 0.0      # > 0: clip by global norm
 
     config.data = data = ml_collections.ConfigDict()
-    data.source = "synthetic"
-    data.synthetic_pairs = 64       # size of the synthetic training pool
-    data.synthetic_size = 256       # its images are synthetic_size x synthetic_size
-    data.crop_size = 128            # random same-position crops of both sources
+    data.dir = placeholder(str)       # a pairs folder (ir/, vis/); unset: built-in synthetic pairs
+    data.train_list = placeholder(str)  # a file of pair names for the train split
+    data.train_fraction = placeholder(float)  # or a seeded random fraction of the pairs
+    data.split = "train"              # the split to train on
+    data.split_seed = 0
+    data.mismatch = "error"           # pairs whose IR/VIS sizes differ: error | skip | crop
+    data.small_images = "pad"         # pairs smaller than the crop: pad (reflect) | skip
+    data.cache_dir = "~/.cache/ifes_jax/tfds"  # where the tfds dataset of a folder is built
+    data.synthetic_pairs = 64         # size of the synthetic training pool
+    data.synthetic_size = 256         # its images are synthetic_size x synthetic_size
+    data.crop_size = 128              # random same-position crops of both sources
     data.flips = True
+    data.rotations = True             # random 90-degree rotations
+    data.prefetch = 2                 # batches prepared ahead, on the device
 
     config.train = train = ml_collections.ConfigDict()
     train.steps = 100_000

@@ -1,4 +1,5 @@
-"""Orbax checkpoints of a run: the train state and the resolved config, in one `Composite`.
+"""Orbax checkpoints of a run: the train state, the data iterator's state and the resolved
+config, in one `args.Composite`.
 
 Orbax writes each step into a temporary folder and renames it when complete, so the latest
 step it lists is always a whole checkpoint.
@@ -8,35 +9,41 @@ from __future__ import annotations
 import json
 import os
 
+import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+ITEMS = ("state", "data", "config")
 
-def manager(directory, *, max_to_keep: int = 3, save_interval_steps: int = 1,
-            read_only: bool = False) -> ocp.CheckpointManager:
+
+def manager(directory, *, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
     """A `CheckpointManager` over `directory` (created unless read_only)."""
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
-        create=not read_only, read_only=read_only)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                                 item_names=("state", "config"))
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                           read_only=read_only)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, config, *, force: bool = False) -> bool:
-    """Save `state` and `config` at `step` (asynchronously); returns whether a save started."""
-    return mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        config=ocp.args.JsonSave(json.loads(config.to_json()))), force=force)
+def save(mngr: ocp.CheckpointManager, step: int, state, config, data_iterator=None, *,
+         force: bool = False) -> bool:
+    """Save at `step` (asynchronously); returns whether a save started."""
+    items = {"state": ocp.args.StandardSave(state),
+             "config": ocp.args.JsonSave(json.loads(config.to_json_best_effort()))}
+    if data_iterator is not None:
+        items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    return mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
 
-def restore_state(mngr: ocp.CheckpointManager, template_state, step: int | None = None):
-    """Restore the train state at `step` (default: latest) into the structure and shardings of
-    `template_state` (concrete or abstract arrays)."""
+def restore(mngr: ocp.CheckpointManager, template_state, data_iterator=None, step=None):
+    """The train state at `step` (default: latest), in the structure and shardings of
+    `template_state` (concrete or abstract arrays); `data_iterator`, if given, is set to the
+    saved position in place."""
     step = mngr.latest_step() if step is None else step
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template_state)
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-    return restored.state
+    items = {"state": ocp.args.StandardRestore(abstract)}
+    if data_iterator is not None:
+        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    return mngr.restore(step, args=ocp.args.Composite(**items)).state
 
 
 def restore_config(mngr: ocp.CheckpointManager, step: int | None = None) -> ml_collections.ConfigDict:

@@ -14,7 +14,7 @@ import optax
 from flax.training import train_state
 
 from ifes_jax import checkpoint, losses, model as model_lib
-from ifes_jax.data import pipeline, synthetic
+from ifes_jax.data import pipeline, synthetic, tfds_pairs
 from ifes_jax.data.images import write_png
 
 SAMPLE_SEED = 10_000  # synthetic sample pairs come from seeds no training pool uses by default
@@ -162,28 +162,44 @@ def _truncate_metrics(path, last_step):
 
 # ------------------------------------------------------------------------------- the loop
 
+def make_source(config):
+    """The training records: a split of the pairs folder `config.data.dir` (built as a tfds
+    dataset in `config.data.cache_dir`), or the synthetic pairs when no folder is given."""
+    data = config.data
+    if data.dir is None:
+        return pipeline.synthetic_source(config.seed, data.synthetic_pairs, data.synthetic_size)
+    builder = tfds_pairs.prepare(
+        data.dir, os.path.expanduser(data.cache_dir), train_list=data.train_list,
+        train_fraction=data.train_fraction, mismatch=data.mismatch, split_seed=data.split_seed)
+    return pipeline.tfds_source(builder, data.split)
+
+
+def make_dataset(config, source):
+    data = config.data
+    return pipeline.training_dataset(
+        source, seed=config.seed, batch_size=config.train.batch_size, crop=data.crop_size,
+        flips=data.flips, rotations=data.rotations, small_images=data.small_images)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     """Train IFESNet as `config` says, writing everything into `workdir`; resumes from the
     latest checkpoint there. Returns the final TrainState."""
     from tensorboardX import SummaryWriter
     from tqdm import tqdm
 
-    if config.data.source != "synthetic":
-        raise ValueError(f"config.data.source must be 'synthetic', got {config.data.source!r}")
+    dataset = make_dataset(config, make_source(config))  # bad data is reported before anything runs
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
-
-    size = config.data.synthetic_size
-    pool_ir, pool_vis = synthetic.synthetic_pairs(config.seed, config.data.synthetic_pairs, size, size)
     samples_ir, samples_vis = sample_pairs(config)
 
     state = create_train_state(config, jax.random.key(config.seed), config.data.crop_size)
+    data_iter = pipeline.iterator(dataset, device=jax.devices()[0], prefetch=config.data.prefetch)
     mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"),
                               max_to_keep=config.train.keep_checkpoints)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     if mngr.latest_step() is not None:
-        state = checkpoint.restore_state(mngr, state)
+        state = checkpoint.restore(mngr, state, data_iter)
         _truncate_metrics(metrics_path, int(state.step))
         print(f"resumed from {workdir}/checkpoints at step {int(state.step)}")
     start = int(state.step)
@@ -192,11 +208,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     fuse = fuse_fn(state.apply_fn)
     writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
     batch_size, log_every = config.train.batch_size, config.train.log_every
-
-    def batch(step):
-        return pipeline.batch_at(pool_ir, pool_vis, seed=config.seed, step=step,
-                                 batch_size=batch_size, crop=config.data.crop_size,
-                                 flips=config.data.flips)
 
     clock = {"time": time.perf_counter(), "step": start}
 
@@ -221,7 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps,
                desc="train", dynamic_ncols=True)
     for step in bar:
-        state, metrics = step_fn(state, batch(step))
+        state, metrics = step_fn(state, next(data_iter))
         done = step + 1
         interval_sum = metrics if interval_sum is None else jax.tree.map(jnp.add, interval_sum, metrics)
         interval_steps += 1
@@ -233,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
             pending = (done, jax.tree.map(lambda x, n=interval_steps: x / n, interval_sum))
             interval_sum, interval_steps = None, 0
         if done % config.train.checkpoint_every == 0:
-            checkpoint.save(mngr, done, state, config)
+            checkpoint.save(mngr, done, state, config, data_iter)
         if done % config.train.sample_every == 0:
             write_samples(os.path.join(workdir, "samples"), done, fuse, state.params,
                           samples_ir, samples_vis)
@@ -243,9 +254,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
     final = int(state.step)
     if mngr.latest_step() != final:
-        checkpoint.save(mngr, final, state, config, force=True)
+        checkpoint.save(mngr, final, state, config, data_iter, force=True)
     mngr.wait_until_finished()
     mngr.close()
+    data_iter.close()
     write_samples(os.path.join(workdir, "samples"), final, fuse, state.params, samples_ir, samples_vis)
     for i in range(len(samples_ir)):
         write_png(os.path.join(workdir, "samples", f"pair{i}_ir.png"), samples_ir[i])

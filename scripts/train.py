@@ -9,6 +9,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from ifes_jax import train  # noqa: E402
+from ifes_jax.data.images import DataError  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file (e.g. configs/quickstart.py).",
                                 lock_config=True)
@@ -20,7 +21,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
-    train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    try:
+        train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    except DataError as exc:
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytest
 
 from configs import quickstart
 from ifes_jax import train
-from ifes_jax.data import pipeline, synthetic
+from ifes_jax.data import synthetic
 
 
 def tiny_config(**train_overrides):
@@ -92,28 +92,6 @@ def test_train_steps_lower_the_loss_on_a_fixed_batch():
     assert float(metrics["loss"]) < 0.7 * float(first["loss"])
     for key in ("loss_ir", "loss_vis", "loss_fusion", "loss_map", "grad_norm", "learning_rate"):
         assert np.isfinite(float(metrics[key]))
-
-
-def test_batches_are_a_pure_function_of_seed_and_step():
-    ir, vis = synthetic.synthetic_pairs(3, 3, 40, 50)
-    a = pipeline.batch_at(ir, vis, seed=1, step=7, batch_size=4, crop=16)
-    b = pipeline.batch_at(ir, vis, seed=1, step=7, batch_size=4, crop=16)
-    c = pipeline.batch_at(ir, vis, seed=1, step=8, batch_size=4, crop=16)
-    np.testing.assert_array_equal(a["ir"], b["ir"])
-    assert not np.array_equal(a["ir"], c["ir"])
-    assert a["ir"].shape == a["vis"].shape == (4, 16, 16, 1)
-
-
-def test_crops_of_both_sources_come_from_the_same_position():
-    yy, xx = np.mgrid[0:40, 0:50].astype(np.float32)
-    coords = (yy * 50 + xx)[None]  # each pixel encodes its position
-    for step in range(20):
-        batch = pipeline.batch_at(coords, coords + 0.5, seed=0, step=step, batch_size=2, crop=8)
-        np.testing.assert_array_equal(batch["vis"], batch["ir"] + 0.5)
-        crop = batch["ir"][0, ..., 0]
-        # a crop (possibly flipped) of a contiguous block: row and column steps of ±50 and ±1
-        assert set(np.unique(np.abs(np.diff(crop, axis=0)))) == {50.0}
-        assert set(np.unique(np.abs(np.diff(crop, axis=1)))) == {1.0}
 
 
 def test_synthetic_pairs_are_deterministic_and_in_range():

@@ -1,11 +1,79 @@
-"""Image files: float [0, 1] arrays to and from 8- or 16-bit PNGs, written atomically."""
+"""Image files and colour: reading 8/16-bit gray/RGB/RGBA files with clear errors, BT.601 YCbCr,
+and writing 8- or 16-bit PNGs atomically."""
 from __future__ import annotations
 
 import os
 import tempfile
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class DataError(ValueError):
+    """Bad input data; the message is one line naming the file(s) and what is wrong."""
+
+
+def read_image(path):
+    """Read an image file losslessly: returns (pixels, bit_depth, mode).
+
+    pixels is uint8 (bit_depth 8) or uint16 (bit_depth 16), (H, W) for mode "gray" and
+    (H, W, 3) for mode "rgb". Alpha is dropped; palette images are expanded. Raises DataError
+    for a missing or unreadable file and for modes other than gray, RGB and RGBA.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode == "P":
+                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+                mode = img.mode
+            if mode in ("1", "L", "LA"):
+                return np.asarray(img.convert("L"), np.uint8), 8, "gray"
+            if mode in ("RGB", "RGBA"):
+                return np.asarray(img.convert("RGB"), np.uint8), 8, "rgb"
+            if mode.startswith("I;16") or mode == "I":
+                pixels = np.asarray(img)
+                if pixels.min() < 0 or pixels.max() > 65535:
+                    raise DataError(f"{path}: 32-bit integer image with values outside 0..65535 "
+                                    "(only 8- and 16-bit images are supported)")
+                return pixels.astype(np.uint16), 16, "gray"
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from None
+    raise DataError(f"{path}: unsupported image mode {mode!r} (expected gray, RGB or RGBA, "
+                    "8 or 16 bits)")
+
+
+def to_float01(pixels, bit_depth: int) -> np.ndarray:
+    """uint pixels to float32 in [0, 1]: divided by 255 (8-bit) or 65535 (16-bit)."""
+    return np.asarray(pixels, np.float32) / np.float32(2 ** bit_depth - 1)
+
+
+def rgb_to_ycbcr(rgb):
+    """BT.601 full-range (JPEG) YCbCr of an RGB image in [0, 1]; Cb and Cr are centred on 0.5."""
+    rgb = np.asarray(rgb, np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = 0.5 - 0.168736 * r - 0.331264 * g + 0.5 * b
+    cr = 0.5 + 0.5 * r - 0.418688 * g - 0.081312 * b
+    return np.stack([y, cb, cr], axis=-1)
+
+
+def ycbcr_to_rgb(ycbcr):
+    """Inverse of `rgb_to_ycbcr` (not clipped)."""
+    ycbcr = np.asarray(ycbcr, np.float32)
+    y, cb, cr = ycbcr[..., 0], ycbcr[..., 1] - 0.5, ycbcr[..., 2] - 0.5
+    return np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
+
+
+def luma(image01):
+    """The gray image of an (H, W) or (H, W, 3) float image: itself, or BT.601 Y."""
+    image01 = np.asarray(image01, np.float32)
+    return image01 if image01.ndim == 2 else rgb_to_ycbcr(image01)[..., 0]
 
 
 def to_uint(image01, bit_depth: int = 8) -> np.ndarray:
@@ -21,11 +89,13 @@ def write_png(path, image01, bit_depth: int = 8) -> None:
     """Write a gray (H, W) or RGB (H, W, 3) float image in [0, 1] as a PNG.
 
     The file is written under a temporary name in the same folder and renamed, so a reader
-    never sees a half-written file.
+    never sees a half-written file. (Pillow writes 16-bit PNGs for gray images only.)
     """
     pixels = to_uint(image01, bit_depth)
     if pixels.ndim == 3 and pixels.shape[-1] == 1:
         pixels = pixels[..., 0]
+    if bit_depth == 16 and pixels.ndim == 3:
+        raise ValueError("16-bit PNG output is supported for gray images only")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)

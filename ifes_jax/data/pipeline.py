@@ -1,36 +1,134 @@
-"""Training batches: same-position random crops and flips of both sources.
+"""The training input pipeline (grain): shuffle per epoch, repeat, same-position random crops of
+both sources with flips and 90° rotations, float [0, 1] gray images (a colour visible image is
+reduced to its BT.601 Y), batches, and a prefetch onto the device.
 
-A batch is a pure function of (seed, step), so a resumed run sees exactly the batches that an
-uninterrupted run would have seen.
+Sources are random-access sequences of records, the layout `tfds_pairs.decode_record` returns:
+{"name", "ir", "vis" (uint (H, W) or (H, W, 3)), "ir_mode", "vis_mode", "ir_bit_depth",
+"vis_bit_depth"}. A tfds split of a pairs folder and the built-in synthetic pairs are two such
+sources. Batch k of the dataset is a pure function of (seed, k), and the iterator's state is
+its next index, so a resumed run continues with exactly the next batch.
 """
 from __future__ import annotations
 
+import logging
+
+import grain
 import numpy as np
 
+from ifes_jax.data import synthetic
+from ifes_jax.data.images import luma, to_float01
 
-def random_crop_flip(rng: np.random.Generator, ir_HW, vis_HW, crop: int, flips: bool = True):
-    """One crop of `crop` x `crop` at the same position in both sources, with the same flips."""
-    height, width = ir_HW.shape
-    if height < crop or width < crop:
-        raise ValueError(f"image of size {height}x{width} is smaller than the {crop}x{crop} crop")
-    top = rng.integers(height - crop + 1)
-    left = rng.integers(width - crop + 1)
+SMALL_IMAGE_POLICIES = ("pad", "skip")
+
+
+class RecordSource:
+    """A random-access source that hands out records in the common layout."""
+
+    def __init__(self, records_or_source, decode=None):
+        self._source = records_or_source
+        self._decode = decode
+
+    def __len__(self):
+        return len(self._source)
+
+    def __getitem__(self, index):
+        record = self._source[index]
+        return self._decode(record) if self._decode else record
+
+
+def synthetic_source(seed: int, count: int, size: int) -> RecordSource:
+    """`count` synthetic pairs (`synthetic.synthetic_pair(seed + i)`) stored as 16-bit records."""
+    records = []
+    for i in range(count):
+        ir, vis = synthetic.synthetic_pair(seed + i, size, size)
+        to16 = lambda x: np.rint(x * 65535).astype(np.uint16)
+        records.append({"name": f"synthetic_{seed + i}", "ir": to16(ir), "vis": to16(vis),
+                        "ir_mode": "gray", "vis_mode": "gray",
+                        "ir_bit_depth": 16, "vis_bit_depth": 16})
+    return RecordSource(records)
+
+
+def tfds_source(builder, split: str = "train") -> RecordSource:
+    """The records of a split of a `tfds_pairs.PairedFolder` dataset."""
+    from ifes_jax.data import tfds_pairs  # tfds is only imported when a folder is used
+    return RecordSource(tfds_pairs.data_source(builder, split), tfds_pairs.decode_record)
+
+
+def gray_float(pixels, bit_depth: int) -> np.ndarray:
+    """uint (H, W) or (H, W, 3) pixels as a float32 (H, W) gray image in [0, 1] (RGB → Y)."""
+    return luma(to_float01(pixels, bit_depth))
+
+
+def crop_pair(record, rng: np.random.Generator, crop: int, *, flips: bool = True,
+              rotations: bool = True):
+    """A `crop` x `crop` crop at the same random position in both sources, the same random
+    flips and 90° rotation, as float32 gray images. Images smaller than the crop are padded
+    by reflection."""
+    ir, vis = record["ir"], record["vis"]
+    height, width = ir.shape[:2]
+    top = rng.integers(max(height - crop, 0) + 1)
+    left = rng.integers(max(width - crop, 0) + 1)
     window = (slice(top, top + crop), slice(left, left + crop))
-    ir_crop, vis_crop = ir_HW[window], vis_HW[window]
-    if flips:
-        if rng.integers(2):
-            ir_crop, vis_crop = ir_crop[:, ::-1], vis_crop[:, ::-1]
-        if rng.integers(2):
-            ir_crop, vis_crop = ir_crop[::-1], vis_crop[::-1]
-    return ir_crop, vis_crop
+    ir = gray_float(ir[window], record["ir_bit_depth"])
+    vis = gray_float(vis[window], record["vis_bit_depth"])
+    if ir.shape != (crop, crop):
+        pad = ((0, crop - ir.shape[0]), (0, crop - ir.shape[1]))
+        ir, vis = np.pad(ir, pad, mode="reflect"), np.pad(vis, pad, mode="reflect")
+    if flips and rng.integers(2):
+        ir, vis = ir[:, ::-1], vis[:, ::-1]
+    if flips and rng.integers(2):
+        ir, vis = ir[::-1], vis[::-1]
+    if rotations:
+        k = int(rng.integers(4))
+        ir, vis = np.rot90(ir, k), np.rot90(vis, k)
+    return {"ir": np.ascontiguousarray(ir)[..., None], "vis": np.ascontiguousarray(vis)[..., None]}
 
 
-def batch_at(ir_NHW, vis_NHW, *, seed: int, step: int, batch_size: int, crop: int,
-             flips: bool = True):
-    """The batch of training step `step`: {"ir", "vis"} float32 (B, crop, crop, 1) drawn from
-    the pool of pairs (ir_NHW[i], vis_NHW[i])."""
-    rng = np.random.default_rng([seed, step])
-    picks = rng.integers(len(ir_NHW), size=batch_size)
-    crops = [random_crop_flip(rng, ir_NHW[i], vis_NHW[i], crop, flips) for i in picks]
-    return {"ir": np.stack([c[0] for c in crops])[..., None].astype(np.float32),
-            "vis": np.stack([c[1] for c in crops])[..., None].astype(np.float32)}
+def large_enough(source, crop: int) -> list[int]:
+    """Indices of the records at least `crop` x `crop` (reads every record once)."""
+    return [i for i in range(len(source)) if min(source[i]["ir"].shape[:2]) >= crop]
+
+
+def training_dataset(source, *, seed: int, batch_size: int, crop: int, flips: bool = True,
+                     rotations: bool = True, small_images: str = "pad",
+                     shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
+    """The infinite MapDataset of training batches {"ir", "vis"}: float32 (B, crop, crop, 1).
+
+    Every epoch is shuffled anew from `seed`. With `shard_count` > 1, `batch_size` is this
+    process's share and the process takes every `shard_count`-th batch from `shard_index`, so
+    the processes together read the batches one process would read with shard_count x the size.
+    """
+    if small_images not in SMALL_IMAGE_POLICIES:
+        raise ValueError(f"small_images must be one of {SMALL_IMAGE_POLICIES}, got {small_images!r}")
+    ds = grain.MapDataset.source(source)
+    if small_images == "skip":
+        keep = large_enough(source, crop)
+        if len(keep) < len(source):
+            logging.warning("skipping %d of %d pairs smaller than the %dx%d crop",
+                            len(source) - len(keep), len(source), crop, crop)
+        if not keep:
+            raise ValueError(f"no pair is at least {crop}x{crop}: lower data.crop_size or set "
+                             "data.small_images='pad'")
+        ds = grain.MapDataset.source(keep).map(lambda i: source[i])
+    ds = ds.seed(seed).shuffle().repeat()
+    ds = ds.random_map(lambda record, rng: crop_pair(record, rng, crop, flips=flips,
+                                                      rotations=rotations))
+    ds = ds.batch(batch_size, drop_remainder=True)
+    # local batch k of process p is batch k·P + p: together they are global batch k
+    return ds.slice(slice(shard_index, None, shard_count)) if shard_count > 1 else ds
+
+
+def iterator(dataset: grain.MapDataset, *, state=None, device=None, prefetch: int = 2):
+    """An iterator over `dataset` that restores `state` (from `get_state()`), with a
+    background thread and, given `device` (a device or sharding), a transfer to it ahead of
+    use."""
+    it_ds = dataset.to_iter_dataset()
+    if device is not None:
+        it_ds = grain.experimental.device_put(it_ds, device, cpu_buffer_size=prefetch,
+                                              device_buffer_size=prefetch)
+    else:
+        it_ds = grain.experimental.ThreadPrefetchIterDataset(it_ds, prefetch_buffer_size=prefetch)
+    it = iter(it_ds)
+    if state is not None:
+        it.set_state(state)
+    return it

@@ -1,0 +1,168 @@
+"""The tfds builder over pairs folders: real TNO / RoadScene data, splits, size policies, bad input."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ifes_jax.data import pairs, tfds_pairs
+from ifes_jax.data.images import DataError
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+needs_data = pytest.mark.skipif(not os.path.isdir(DATA),
+                                reason="real pairs live in ../shared/data, absent outside the dev setup")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _records(builder, split="train"):
+    src = tfds_pairs.data_source(builder, split)
+    return [tfds_pairs.decode_record(src[i]) for i in range(len(src))]
+
+
+def _pil_pixels(path):
+    img = Image.open(path)
+    return np.asarray(img.convert("RGB") if img.mode in ("RGB", "RGBA", "P") else img.convert("L"))
+
+
+@needs_data
+@pytest.mark.parametrize("name,count,vis_mode", [("tno-infv20", 21, "gray"), ("roadscene", 171, "rgb")])
+def test_real_sets_build_with_every_pair_and_exact_pixels(cache, name, count, vis_mode):
+    folder = os.path.join(DATA, name)
+    records = _records(tfds_pairs.prepare(folder, cache))
+    files = sorted(os.listdir(os.path.join(folder, "ir")))
+    assert len(records) == count
+    assert sorted(r["name"] for r in records) == sorted(os.path.splitext(f)[0] for f in files)
+    by_name = {r["name"]: r for r in records}
+    for f in files[:: max(1, count // 6)]:  # a spread of pairs, every pixel
+        r = by_name[os.path.splitext(f)[0]]
+        assert r["ir_mode"] == "gray" and r["vis_mode"] == vis_mode
+        assert r["ir_bit_depth"] == r["vis_bit_depth"] == 8
+        vis_file = [v for v in os.listdir(os.path.join(folder, "vis")) if v.startswith(r["name"] + ".")][0]
+        np.testing.assert_array_equal(r["ir"], _pil_pixels(os.path.join(folder, "ir", f)))
+        np.testing.assert_array_equal(r["vis"], _pil_pixels(os.path.join(folder, "vis", vis_file)))
+
+
+@needs_data
+def test_tno_full_size_mismatch_policies_and_train_list(cache):
+    folder = os.path.join(DATA, "tno-full")
+    with pytest.raises(DataError) as err:
+        tfds_pairs.prepare(folder, cache)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "triclobs_Marne_15" in message and "triclobs_Movie_24" in message
+    skipped = tfds_pairs.prepare(folder, cache, mismatch="skip", log=lambda msg: None)
+    assert skipped.info.splits["train"].num_examples == 127
+    train_list = os.path.join(folder, "train-pairs.txt")
+    listed = tfds_pairs.prepare(folder, cache, mismatch="crop", train_list=train_list)
+    names = {r["name"] for r in _records(listed, "train")}
+    assert names == set(pairs.read_name_list(train_list)) and len(names) == 89
+    assert listed.info.splits["test"].num_examples == 129 - 89
+
+
+def _write(path, array, mode=None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array, mode).save(path) if mode else Image.fromarray(array).save(path)
+
+
+def _folder(root, names=("a", "b"), size=(20, 24)):
+    rng = np.random.default_rng(0)
+    for name in names:
+        _write(os.path.join(root, "ir", f"{name}.png"), rng.integers(0, 255, size, dtype=np.uint8))
+        _write(os.path.join(root, "vis", f"{name}.png"), rng.integers(0, 255, size, dtype=np.uint8))
+    return str(root)
+
+
+def _error(root, cache, **kwargs):
+    with pytest.raises(DataError) as err:
+        tfds_pairs.prepare(root, cache, **kwargs)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_bad_folders_give_one_line_naming_the_problem(tmp_path, cache):
+    assert "no such folder" in _error(str(tmp_path / "nowhere"), cache)
+    root = _folder(tmp_path / "no_vis")
+    os.rename(os.path.join(root, "vis"), os.path.join(root, "visible"))
+    assert "no 'vis/' folder" in _error(root, cache)
+    empty = tmp_path / "empty"
+    os.makedirs(empty / "ir")
+    os.makedirs(empty / "vis")
+    assert "ir: no images" in _error(str(empty), cache)
+    root = _folder(tmp_path / "unpaired")
+    os.remove(os.path.join(root, "vis", "b.png"))
+    message = _error(root, cache)
+    assert "in ir/ without a twin in vis/" in message and "b" in message
+
+
+def test_bad_files_are_named_before_anything_is_built(tmp_path):
+    cache = str(tmp_path / "cache")
+    root = _folder(tmp_path / "corrupt")
+    with open(os.path.join(root, "vis", "b.png"), "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n this is not an image")
+    assert os.path.join("vis", "b.png") in _error(root, cache) and "not a readable image" in _error(root, cache)
+
+    root = _folder(tmp_path / "sizes")
+    _write(os.path.join(root, "vis", "a.png"), np.zeros((21, 24), np.uint8))
+    message = _error(root, cache)
+    assert "a.png is 24x20" in message and "a.png is 24x21" in message
+
+    root = _folder(tmp_path / "mode")
+    _write(os.path.join(root, "ir", "a.tif"), np.zeros((20, 24), np.float32), "F")
+    os.remove(os.path.join(root, "ir", "a.png"))
+    assert "unsupported image mode 'F'" in _error(root, cache)
+    written = [f for _, _, files in os.walk(cache) for f in files]
+    assert not any("array_record" in f or f == "dataset_info.json" for f in written), written
+
+
+def test_sixteen_bit_rgba_and_crop_policy(tmp_path, cache):
+    root = str(tmp_path / "mixed")
+    ir16 = (np.arange(20 * 24, dtype=np.uint16).reshape(20, 24) * 97)
+    rgba = np.random.default_rng(1).integers(0, 255, (22, 25, 4), dtype=np.uint8)
+    _write(os.path.join(root, "ir", "p.png"), ir16)
+    _write(os.path.join(root, "vis", "p.png"), rgba, "RGBA")
+    (record,) = _records(tfds_pairs.prepare(root, cache, mismatch="crop"))
+    assert record["ir_bit_depth"] == 16 and record["vis_bit_depth"] == 8 and record["vis_mode"] == "rgb"
+    np.testing.assert_array_equal(record["ir"], ir16)
+    np.testing.assert_array_equal(record["vis"], rgba[:20, :24, :3])
+
+
+def test_split_by_fraction_is_seeded_and_disjoint(tmp_path, cache):
+    root = _folder(tmp_path / "many", names=[f"n{i}" for i in range(10)])
+    builder = tfds_pairs.prepare(root, cache, train_fraction=0.7, split_seed=3)
+    train = {r["name"] for r in _records(builder, "train")}
+    test = {r["name"] for r in _records(builder, "test")}
+    assert len(train) == 7 and len(test) == 3 and not train & test
+    again = tfds_pairs.prepare(root, cache, train_fraction=0.7, split_seed=3)
+    assert {r["name"] for r in _records(again, "train")} == train
+
+
+def test_changing_a_file_rebuilds_the_dataset(tmp_path, cache):
+    root = _folder(tmp_path / "changing")
+    first = tfds_pairs.prepare(root, cache)
+    assert tfds_pairs.prepare(root, cache).data_dir == first.data_dir  # cached
+    _write(os.path.join(root, "ir", "a.png"), np.full((20, 24), 7, np.uint8))
+    os.utime(os.path.join(root, "ir", "a.png"), ns=(1, 1))
+    second = tfds_pairs.prepare(root, cache)
+    assert second.data_dir != first.data_dir
+    assert next(r for r in _records(second) if r["name"] == "a")["ir"].max() == 7
+
+
+def test_building_and_reading_never_imports_tensorflow(tmp_path):
+    root = _folder(tmp_path / "tf")
+    code = f"""
+import sys
+from ifes_jax.data import pipeline, tfds_pairs
+builder = tfds_pairs.prepare({root!r}, {str(tmp_path / 'cache')!r})
+ds = pipeline.training_dataset(pipeline.tfds_source(builder), seed=0, batch_size=2, crop=16)
+assert ds[3]["ir"].shape == (2, 16, 16, 1)
+assert "tensorflow" not in sys.modules, "tensorflow was imported"
+"""
+    root_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", code], cwd=root_dir, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
