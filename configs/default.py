@@ -7,6 +7,7 @@ from ml_collections.config_dict import placeholder
 def get_config():
     config = ml_collections.ConfigDict()
     config.seed = 0
+    config.half_precision = False  # bfloat16 network, float32 parameters, optimizer and loss
 
     config.model = model = ml_collections.ConfigDict()
     model.num_stages = 3                  # IFEM stages: 1..4 (paper's S1..S4, Table V)
@@ -58,6 +59,11 @@ def get_config():
     data.flips = True
     data.rotations = True             # random 90-degree rotations
     data.prefetch = 2                 # batches prepared ahead, on the device
+    data.val_dir = placeholder(str)   # a pairs folder for validation at every checkpoint
+    data.val_split = "train"          # its split (e.g. "test" with the same train_list)
+    data.val_train_list = placeholder(str)
+    data.val_size = 256               # centre crops of this size are validated
+    data.val_pairs = 16               # at most this many validation pairs
 
     config.train = train = ml_collections.ConfigDict()
     train.steps = 100_000
@@ -68,4 +74,7 @@ def get_config():
     train.sample_every = 5_000      # fused PNGs of the fixed sample pairs
     train.num_samples = 3
     train.sample_size = 192
+    train.parallel = "shard_map"    # shard_map (jit over a 1-D mesh) | pmap
+    train.nonfinite = "stop"        # a non-finite loss: stop (keeping the last checkpoint) | skip the update
+    train.keep_best = 0             # > 0: also keep the n best checkpoints by validation loss
     return config

@@ -17,21 +17,34 @@ import orbax.checkpoint as ocp
 ITEMS = ("state", "data", "config")
 
 
-def manager(directory, *, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
-    """A `CheckpointManager` over `directory` (created unless read_only)."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                           read_only=read_only)
+def manager(directory, *, keep: int = 3, keep_best: int = 0,
+            read_only: bool = False) -> ocp.CheckpointManager:
+    """A `CheckpointManager` over `directory` (created unless read_only) that keeps the latest
+    `keep` checkpoints and, with keep_best > 0, also the `keep_best` lowest by `val_loss`.
+
+    The two are separate preservation policies: `best_fn` with `max_to_keep` alone would keep
+    only the best n, and could delete the newest checkpoint that a resume needs.
+    """
+    policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+    if keep_best > 0:
+        policies.append(ocp.checkpoint_managers.BestN(
+            get_metric_fn=lambda metrics: -metrics["val_loss"], n=keep_best,
+            keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        create=not read_only, read_only=read_only)
     return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, config, data_iterator=None, *,
-         force: bool = False) -> bool:
-    """Save at `step` (asynchronously); returns whether a save started."""
+         metrics=None, force: bool = False) -> bool:
+    """Save at `step` (asynchronously; `metrics` rank it for keep_best); returns whether a
+    save started."""
     items = {"state": ocp.args.StandardSave(state),
              "config": ocp.args.JsonSave(json.loads(config.to_json_best_effort()))}
     if data_iterator is not None:
         items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+    return mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
 
 
 def restore(mngr: ocp.CheckpointManager, template_state, data_iterator=None, step=None):

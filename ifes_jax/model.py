@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ifes_jax.errors import ConfigError
+
 STAGE_CHANNELS = (64, 128, 256, 256)  # F_n / F'_n / F''_n widths of stages 1..4 (§III.B)
 FUSION_HEAD_CHANNELS = (256, 128, 64)  # IVIFNet layers 7-9, then the 2-channel weight layer
 RECON_HEAD_CHANNELS = (128, 64)  # SHFENet layers 4-5, then the 1-channel output layer
@@ -79,12 +81,12 @@ class IFESNet(nn.Module):
     @nn.compact
     def __call__(self, ir_BHW1, vis_BHW1):
         if not 1 <= self.num_stages <= len(STAGE_CHANNELS):
-            raise ValueError(f"num_stages must be in 1..{len(STAGE_CHANNELS)}, got {self.num_stages}")
+            raise ConfigError(f"num_stages must be in 1..{len(STAGE_CHANNELS)}, got {self.num_stages}")
         if self.weight_activation not in WEIGHT_ACTIVATIONS:
-            raise ValueError(f"weight_activation must be one of {WEIGHT_ACTIVATIONS}, "
+            raise ConfigError(f"weight_activation must be one of {WEIGHT_ACTIVATIONS}, "
                              f"got {self.weight_activation!r}")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+            raise ConfigError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         ir_BHW1 = jnp.asarray(ir_BHW1, jnp.float32)
         vis_BHW1 = jnp.asarray(vis_BHW1, jnp.float32)
         widths = self._widths()
@@ -140,8 +142,9 @@ class IFESNet(nn.Module):
         return logits
 
 
-def from_config(model_config) -> IFESNet:
-    """An `IFESNet` from the `config.model` block of a config file."""
+def from_config(model_config, half_precision: bool = False) -> IFESNet:
+    """An `IFESNet` from the `config.model` block of a config file; `half_precision` computes
+    in bfloat16 (parameters stay in `param_dtype`)."""
     return IFESNet(
         num_stages=model_config.num_stages,
         hierarchical_connection=model_config.hierarchical_connection,
@@ -149,6 +152,6 @@ def from_config(model_config) -> IFESNet:
         width_multiplier=model_config.width_multiplier,
         activation=model_config.activation,
         weight_activation=model_config.weight_activation,
-        dtype=jnp.dtype(model_config.dtype),
+        dtype=jnp.bfloat16 if half_precision else jnp.dtype(model_config.dtype),
         param_dtype=jnp.dtype(model_config.param_dtype),
     )

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
+import signal
 import time
 
 import jax
@@ -13,9 +15,10 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from ifes_jax import checkpoint, losses, model as model_lib
+from ifes_jax import checkpoint, losses, model as model_lib, parallel
 from ifes_jax.data import pipeline, synthetic, tfds_pairs
 from ifes_jax.data.images import write_png
+from ifes_jax.errors import ConfigError
 
 SAMPLE_SEED = 10_000  # synthetic sample pairs come from seeds no training pool uses by default
 
@@ -36,7 +39,7 @@ def learning_rate_schedule(optim, total_steps: int) -> optax.Schedule:
             [optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.constant_schedule(lr)], [warmup])
     if optim.schedule == "warmup_cosine":
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1))
-    raise ValueError(f"optim.schedule must be constant, warmup_constant or warmup_cosine, "
+    raise ConfigError(f"optim.schedule must be constant, warmup_constant or warmup_cosine, "
                      f"got {optim.schedule!r}")
 
 
@@ -52,14 +55,14 @@ def make_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
         parts += [optax.adamw(schedule, b1=optim.b1, b2=optim.b2,
                               weight_decay=optim.weight_decay, mask=kernel_mask)]
     else:
-        raise ValueError(f"optim.weight_decay_mode must be l2 or decoupled, "
+        raise ConfigError(f"optim.weight_decay_mode must be l2 or decoupled, "
                          f"got {optim.weight_decay_mode!r}")
     return optax.chain(*parts)
 
 
 def create_train_state(config, rng, image_size: int = 64) -> train_state.TrainState:
     """A fresh TrainState: parameters from `rng`, the optimizer from `config.optim`."""
-    net = model_lib.from_config(config.model)
+    net = model_lib.from_config(config.model, half_precision=config.half_precision)
     dummy = jnp.zeros((1, image_size, image_size, 1), jnp.float32)
     params = jax.jit(net.init)(rng, dummy, dummy)["params"]
     tx = make_optimizer(config.optim, config.train.steps)
@@ -71,6 +74,8 @@ def train_step(state, batch, *, loss_config, learning_rate_fn=None, axis_name=No
 
     Pure: (state, batch) -> (state, metrics). With `axis_name`, gradients and metrics are
     averaged over that named data axis (pmap / shard_map); without, it is a plain step.
+    A step whose loss or gradient is not finite leaves the parameters and optimizer state
+    as they were (only the step counter advances) and reports `nonfinite` = 1.
     """
     def loss_fn(params):
         outputs = state.apply_fn({"params": params}, batch["ir"], batch["vis"])
@@ -80,18 +85,26 @@ def train_step(state, batch, *, loss_config, learning_rate_fn=None, axis_name=No
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
         terms = jax.lax.pmean(terms, axis_name)
-    metrics = dict(terms, grad_norm=optax.tree.norm(grads))
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(terms["loss"]) & jnp.isfinite(grad_norm)
+    updated = state.apply_gradients(grads=grads)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    metrics = dict(terms, grad_norm=grad_norm, nonfinite=1.0 - finite.astype(jnp.float32))
     if learning_rate_fn is not None:
         metrics["learning_rate"] = learning_rate_fn(state.step)
-    return state.apply_gradients(grads=grads), metrics
+    return new_state.replace(step=state.step + 1), metrics
+
+
+def per_device_step(config):
+    """`train_step` bound to `config`: (state, batch, axis_name=None) -> (state, metrics)."""
+    return functools.partial(
+        train_step, loss_config=config.loss,
+        learning_rate_fn=learning_rate_schedule(config.optim, config.train.steps))
 
 
 def make_train_step(config):
-    """The jit-compiled train step for `config`, donating the old state's buffers."""
-    step = functools.partial(
-        train_step, loss_config=config.loss,
-        learning_rate_fn=learning_rate_schedule(config.optim, config.train.steps))
-    return jax.jit(step, donate_argnums=0)
+    """The jit-compiled single-device train step for `config`, donating the old state."""
+    return jax.jit(per_device_step(config), donate_argnums=0)
 
 
 def fuse_fn(apply_fn):
@@ -132,7 +145,7 @@ def plot_loss_curve(metrics_path, png_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(metrics_path)
+    rows = [r for r in read_metrics(metrics_path) if "loss" in r]
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -162,106 +175,202 @@ def _truncate_metrics(path, last_step):
 
 # ------------------------------------------------------------------------------- the loop
 
-def make_source(config):
-    """The training records: a split of the pairs folder `config.data.dir` (built as a tfds
-    dataset in `config.data.cache_dir`), or the synthetic pairs when no folder is given."""
+class NonFiniteLossError(FloatingPointError):
+    """A training step produced a non-finite loss or gradient (train.nonfinite = 'stop')."""
+
+
+def make_source(config, *, folder=None, split=None, train_list=None):
+    """Records of a split of a pairs folder (built as a tfds dataset in `data.cache_dir`);
+    by default the training folder `data.dir`, or the synthetic pairs when it is unset."""
     data = config.data
-    if data.dir is None:
+    folder = data.dir if folder is None else folder
+    if folder is None:
         return pipeline.synthetic_source(config.seed, data.synthetic_pairs, data.synthetic_size)
     builder = tfds_pairs.prepare(
-        data.dir, os.path.expanduser(data.cache_dir), train_list=data.train_list,
+        folder, os.path.expanduser(data.cache_dir),
+        train_list=data.train_list if train_list is None else train_list,
         train_fraction=data.train_fraction, mismatch=data.mismatch, split_seed=data.split_seed)
-    return pipeline.tfds_source(builder, data.split)
+    return pipeline.tfds_source(builder, data.split if split is None else split)
 
 
-def make_dataset(config, source):
+def make_dataset(config, source, local_batch: int):
     data = config.data
     return pipeline.training_dataset(
-        source, seed=config.seed, batch_size=config.train.batch_size, crop=data.crop_size,
-        flips=data.flips, rotations=data.rotations, small_images=data.small_images)
+        source, seed=config.seed, batch_size=local_batch, crop=data.crop_size, flips=data.flips,
+        rotations=data.rotations, small_images=data.small_images,
+        shard_index=jax.process_index(), shard_count=jax.process_count())
+
+
+def validation_pairs(config):
+    """Centre crops of the validation pairs, (N, S, S) float32 each, or None without val data."""
+    data = config.data
+    if data.val_dir is None:
+        return None
+    source = make_source(config, folder=data.val_dir, split=data.val_split,
+                         train_list=data.val_train_list)
+    crops = [pipeline.centre_crop(source[i], data.val_size)
+             for i in range(min(len(source), data.val_pairs))]
+    return np.stack([c[0] for c in crops]), np.stack([c[1] for c in crops])
+
+
+def evaluate_loss(fuse, params, ir_NHW, vis_NHW, loss_config):
+    """The loss terms averaged over pairs, one pair at a time (equal shapes: one compile)."""
+    rows = []
+    for ir, vis in zip(ir_NHW, vis_NHW):
+        ir, vis = ir[None, ..., None], vis[None, ..., None]
+        _, terms = losses.ifesnet_loss(fuse(params, ir, vis), ir, vis, loss_config)
+        rows.append(jax.device_get(terms))
+    return {f"val_{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+class _StopRequest:
+    """Set by SIGTERM (preemption): the loop saves a checkpoint and returns."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
-    """Train IFESNet as `config` says, writing everything into `workdir`; resumes from the
-    latest checkpoint there. Returns the final TrainState."""
+    """Train IFESNet as `config` says over every device (and host), writing everything into
+    `workdir`; resumes from the latest checkpoint there. Returns the final TrainState (a single
+    copy). Only process 0 writes logs and images; every process takes part in checkpoints."""
     from tensorboardX import SummaryWriter
     from tqdm import tqdm
 
-    dataset = make_dataset(config, make_source(config))  # bad data is reported before anything runs
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    cfg_train = config.train
+    local_batch = parallel.check_batch_size(cfg_train.batch_size, cfg_train.parallel)
+    dataset = make_dataset(config, make_source(config), local_batch)  # bad data stops us here
+    val = validation_pairs(config)
+    is_main = jax.process_index() == 0
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
     samples_ir, samples_vis = sample_pairs(config)
 
-    state = create_train_state(config, jax.random.key(config.seed), config.data.crop_size)
-    data_iter = pipeline.iterator(dataset, device=jax.devices()[0], prefetch=config.data.prefetch)
+    runner = parallel.make_runner(cfg_train.parallel, per_device_step(config))
+    state = runner.place_state(create_train_state(config, jax.random.key(config.seed),
+                                                  config.data.crop_size))
+    on_device = runner.batch_sharding if cfg_train.parallel == "shard_map" and jax.process_count() == 1 else None
+    data_iter = pipeline.iterator(dataset, device=on_device, prefetch=config.data.prefetch)
     mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"),
-                              max_to_keep=config.train.keep_checkpoints)
+                              keep=cfg_train.keep_checkpoints, keep_best=cfg_train.keep_best)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     if mngr.latest_step() is not None:
-        state = checkpoint.restore(mngr, state, data_iter)
-        _truncate_metrics(metrics_path, int(state.step))
-        print(f"resumed from {workdir}/checkpoints at step {int(state.step)}")
-    start = int(state.step)
+        state = runner.place_state(checkpoint.restore(mngr, runner.single_copy(state), data_iter))
+        if is_main:
+            _truncate_metrics(metrics_path, int(runner.single_copy(state).step))
+            print(f"resumed from {workdir}/checkpoints at step {int(runner.single_copy(state).step)}")
+    start = int(runner.single_copy(state).step)
 
-    step_fn = make_train_step(config)
     fuse = fuse_fn(state.apply_fn)
-    writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
-    batch_size, log_every = config.train.batch_size, config.train.log_every
-
+    writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if is_main else None
     clock = {"time": time.perf_counter(), "step": start}
+    interval = []  # per-step metric rows since the last log line
 
-    def log(step, metrics):
-        row = {"step": step, **{k: float(v) for k, v in jax.device_get(metrics).items()}}
-        now = time.perf_counter()  # device_get waited for step `step`: time whole steps
-        row["steps_per_sec"] = (step - clock["step"]) / max(now - clock["time"], 1e-9)
-        row["images_per_sec"] = row["steps_per_sec"] * batch_size
-        clock.update(time=now, step=step)
-        if not np.isfinite(row["loss"]):
-            raise FloatingPointError(f"non-finite loss at step {step}: " + ", ".join(
-                f"{k}={row[k]:.4g}" for k in ("loss_ir", "loss_vis", "loss_fusion", "loss_map")))
+    def write_row(row):
+        if not is_main:
+            return
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         for k, v in row.items():
             if k != "step":
-                writer.add_scalar(k, v, step)
-        return row
+                writer.add_scalar(k, v, row["step"])
 
-    pending = None  # metrics of step t are read after step t+1 is dispatched
-    interval_sum, interval_steps = None, 0  # metrics are averaged over each logging interval
-    bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps,
-               desc="train", dynamic_ncols=True)
-    for step in bar:
-        state, metrics = step_fn(state, next(data_iter))
-        done = step + 1
-        interval_sum = metrics if interval_sum is None else jax.tree.map(jnp.add, interval_sum, metrics)
-        interval_steps += 1
-        if pending is not None:
-            row = log(*pending)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", steps_s=f"{row['steps_per_sec']:.1f}")
-            pending = None
-        if done % log_every == 0 or done == config.train.steps:
-            pending = (done, jax.tree.map(lambda x, n=interval_steps: x / n, interval_sum))
-            interval_sum, interval_steps = None, 0
-        if done % config.train.checkpoint_every == 0:
-            checkpoint.save(mngr, done, state, config, data_iter)
-        if done % config.train.sample_every == 0:
-            write_samples(os.path.join(workdir, "samples"), done, fuse, state.params,
-                          samples_ir, samples_vis)
-    if pending is not None:
-        log(*pending)
+    def account(step, metrics):
+        """Host side of step `step` (fetched after the next step was dispatched)."""
+        row = {k: float(v) for k, v in jax.device_get(runner.single_copy(metrics)).items()}
+        if row["nonfinite"]:
+            terms = ", ".join(f"{k}={row[k]:.4g}" for k in ("loss", "loss_ir", "loss_vis",
+                                                             "loss_fusion", "loss_map", "grad_norm"))
+            if cfg_train.nonfinite == "stop":
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {step}: {terms}; the update was not applied and the "
+                    f"last checkpoint (step {mngr.latest_step()}) is kept")
+            logging.warning("step %d: non-finite loss (%s), update skipped", step, terms)
+        interval.append(row)
+        if step % cfg_train.log_every == 0 or step == cfg_train.steps:
+            now = time.perf_counter()
+            mean = {k: float(np.mean([r[k] for r in interval])) for k in interval[0]}
+            mean["nonfinite"] = float(sum(r["nonfinite"] for r in interval))
+            mean["steps_per_sec"] = (step - clock["step"]) / max(now - clock["time"], 1e-9)
+            mean["images_per_sec"] = mean["steps_per_sec"] * cfg_train.batch_size
+            clock.update(time=now, step=step)
+            interval.clear()
+            write_row({"step": step, **mean})
+            return mean
+        return None
+
+    def save(step, force=False):
+        params = runner.local_copy(state.params)
+        metrics = None
+        if val is not None:
+            metrics = evaluate_loss(fuse, params, *val, config.loss)
+            write_row({"step": step, **metrics})
+            if is_main:
+                write_samples(os.path.join(workdir, "samples", "val"), step, fuse, params,
+                              val[0][: cfg_train.num_samples], val[1][: cfg_train.num_samples])
+        checkpoint.save(mngr, step, runner.single_copy(state), config, data_iter,
+                        metrics=metrics, force=force)
+
+    pending = None  # (step, metrics) read after the next step is dispatched
+    bar = tqdm(range(start, cfg_train.steps), initial=start, total=cfg_train.steps,
+               desc="train", dynamic_ncols=True, disable=not is_main)
+    preempted = False
+    with _StopRequest() as stop:
+        try:
+            for step in bar:
+                if stop.requested or (step > start and mngr.reached_preemption(step)):
+                    preempted = True
+                    break
+                state, metrics = runner.step(state, runner.place_batch(next(data_iter)))
+                if pending is not None:
+                    mean = account(*pending)
+                    if mean is not None:
+                        bar.set_postfix(loss=f"{mean['loss']:.4f}", steps_s=f"{mean['steps_per_sec']:.1f}")
+                pending = (step + 1, metrics)
+                if (step + 1) % cfg_train.checkpoint_every == 0:
+                    save(step + 1)
+                if is_main and (step + 1) % cfg_train.sample_every == 0:
+                    write_samples(os.path.join(workdir, "samples"), step + 1, fuse,
+                                  runner.local_copy(state.params), samples_ir, samples_vis)
+            if pending is not None:
+                account(*pending)
+        except NonFiniteLossError:
+            mngr.wait_until_finished()
+            mngr.close()
+            data_iter.close()
+            raise
     bar.close()
 
-    final = int(state.step)
+    final = int(runner.single_copy(state).step)
     if mngr.latest_step() != final:
-        checkpoint.save(mngr, final, state, config, data_iter, force=True)
+        save(final, force=True)
     mngr.wait_until_finished()
     mngr.close()
     data_iter.close()
-    write_samples(os.path.join(workdir, "samples"), final, fuse, state.params, samples_ir, samples_vis)
-    for i in range(len(samples_ir)):
-        write_png(os.path.join(workdir, "samples", f"pair{i}_ir.png"), samples_ir[i])
-        write_png(os.path.join(workdir, "samples", f"pair{i}_vis.png"), samples_vis[i])
-    plot_loss_curve(metrics_path, os.path.join(workdir, "loss_curve.png"))
-    writer.close()
-    return state
+    if preempted:
+        print(f"stopped at step {final} (SIGTERM / preemption): checkpoint saved in {workdir}/checkpoints")
+    if is_main:
+        params = runner.local_copy(state.params)
+        write_samples(os.path.join(workdir, "samples"), final, fuse, params, samples_ir, samples_vis)
+        for i in range(len(samples_ir)):
+            write_png(os.path.join(workdir, "samples", f"pair{i}_ir.png"), samples_ir[i])
+            write_png(os.path.join(workdir, "samples", f"pair{i}_vis.png"), samples_vis[i])
+        plot_loss_curve(metrics_path, os.path.join(workdir, "loss_curve.png"))
+        writer.close()
+    return runner.single_copy(state)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from ifes_jax.data import pairs, tfds_pairs
-from ifes_jax.data.images import DataError
+from ifes_jax.errors import DataError
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 needs_data = pytest.mark.skipif(not os.path.isdir(DATA),

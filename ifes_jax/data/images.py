@@ -8,11 +8,9 @@ import tempfile
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ifes_jax.errors import DataError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
-class DataError(ValueError):
-    """Bad input data; the message is one line naming the file(s) and what is wrong."""
 
 
 def read_image(path):

@@ -10,7 +10,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from ifes_jax.data.images import IMAGE_EXTENSIONS, DataError, read_image
+from ifes_jax.data.images import IMAGE_EXTENSIONS, read_image
+from ifes_jax.errors import ConfigError, DataError
 
 MISMATCH_POLICIES = ("error", "skip", "crop")
 
@@ -82,7 +83,7 @@ def check_sizes(pairs, mismatch: str = "error"):
     them (they are cropped to the common top-left region when read).
     """
     if mismatch not in MISMATCH_POLICIES:
-        raise ValueError(f"mismatch policy must be one of {MISMATCH_POLICIES}, got {mismatch!r}")
+        raise ConfigError(f"mismatch policy must be one of {MISMATCH_POLICIES}, got {mismatch!r}")
     bad = []
     for p in pairs:
         ir_size, vis_size = image_size(p.ir_path), image_size(p.vis_path)
@@ -133,7 +134,7 @@ def split_pairs(pairs, *, train_list: str | None = None, train_fraction: float |
     `train_fraction`, or everything in 'train'; 'test' is the rest (absent when empty).
     Listed names among `skipped` (pairs dropped by a policy) are left out, not an error."""
     if train_list and train_fraction is not None:
-        raise ValueError("give a train list or a train fraction, not both")
+        raise ConfigError("give a train list or a train fraction, not both")
     if train_list:
         wanted = read_name_list(train_list)
         names = {p.name for p in pairs} | {p.name for p in skipped}
@@ -144,7 +145,7 @@ def split_pairs(pairs, *, train_list: str | None = None, train_fraction: float |
         chosen = set(wanted)
     elif train_fraction is not None:
         if not 0 < train_fraction <= 1:
-            raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction}")
+            raise ConfigError(f"train_fraction must be in (0, 1], got {train_fraction}")
         order = np.random.default_rng(seed).permutation(len(pairs))
         chosen = {pairs[i].name for i in order[: max(1, round(train_fraction * len(pairs)))]}
     else:

@@ -17,6 +17,7 @@ import numpy as np
 
 from ifes_jax.data import synthetic
 from ifes_jax.data.images import luma, to_float01
+from ifes_jax.errors import ConfigError
 
 SMALL_IMAGE_POLICIES = ("pad", "skip")
 
@@ -84,6 +85,18 @@ def crop_pair(record, rng: np.random.Generator, crop: int, *, flips: bool = True
     return {"ir": np.ascontiguousarray(ir)[..., None], "vis": np.ascontiguousarray(vis)[..., None]}
 
 
+def centre_crop(record, size: int):
+    """The centre `size` x `size` crop of both sources as float32 gray images (reflection-padded
+    when smaller): a fixed view for validation."""
+    height, width = record["ir"].shape[:2]
+    top, left = max(height - size, 0) // 2, max(width - size, 0) // 2
+    window = (slice(top, top + size), slice(left, left + size))
+    ir = gray_float(record["ir"][window], record["ir_bit_depth"])
+    vis = gray_float(record["vis"][window], record["vis_bit_depth"])
+    pad = ((0, size - ir.shape[0]), (0, size - ir.shape[1]))
+    return np.pad(ir, pad, mode="reflect"), np.pad(vis, pad, mode="reflect")
+
+
 def large_enough(source, crop: int) -> list[int]:
     """Indices of the records at least `crop` x `crop` (reads every record once)."""
     return [i for i in range(len(source)) if min(source[i]["ir"].shape[:2]) >= crop]
@@ -99,7 +112,7 @@ def training_dataset(source, *, seed: int, batch_size: int, crop: int, flips: bo
     the processes together read the batches one process would read with shard_count x the size.
     """
     if small_images not in SMALL_IMAGE_POLICIES:
-        raise ValueError(f"small_images must be one of {SMALL_IMAGE_POLICIES}, got {small_images!r}")
+        raise ConfigError(f"small_images must be one of {SMALL_IMAGE_POLICIES}, got {small_images!r}")
     ds = grain.MapDataset.source(source)
     if small_images == "skip":
         keep = large_enough(source, crop)
@@ -107,7 +120,7 @@ def training_dataset(source, *, seed: int, batch_size: int, crop: int, flips: bo
             logging.warning("skipping %d of %d pairs smaller than the %dx%d crop",
                             len(source) - len(keep), len(source), crop, crop)
         if not keep:
-            raise ValueError(f"no pair is at least {crop}x{crop}: lower data.crop_size or set "
+            raise ConfigError(f"no pair is at least {crop}x{crop}: lower data.crop_size or set "
                              "data.small_images='pad'")
         ds = grain.MapDataset.source(keep).map(lambda i: source[i])
     ds = ds.seed(seed).shuffle().repeat()

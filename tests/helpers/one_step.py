@@ -1,0 +1,28 @@
+"""Run in a subprocess with N fake CPU devices: one step of each data-parallel wrapper on a
+global batch, against the single-device step on the same batch. Prints the max differences."""
+import json
+import sys
+
+import jax
+import numpy as np
+
+from ifes_jax import parallel, train
+from ifes_jax.data import synthetic
+from tests.test_train import tiny_config
+
+config = tiny_config()
+config.optim.learning_rate = 1e-3
+ir, vis = synthetic.synthetic_pairs(0, 4, 32, 32)
+batch = {"ir": ir[..., None], "vis": vis[..., None]}
+fresh = lambda: train.create_train_state(config, jax.random.key(0), 32)
+reference, ref_metrics = jax.jit(train.per_device_step(config))(fresh(), batch)
+out = {"devices": jax.device_count()}
+for kind in ("shard_map", "pmap"):
+    runner = parallel.make_runner(kind, train.per_device_step(config))
+    state, metrics = runner.step(runner.place_state(fresh()), runner.place_batch(batch))
+    state, metrics = runner.single_copy(state), runner.single_copy(metrics)
+    out[kind] = max(float(np.max(np.abs(a - b))) for a, b in
+                    zip(jax.tree.leaves(reference.params), jax.tree.leaves(state.params)))
+    out[kind + "_loss"] = abs(float(metrics["loss"]) - float(ref_metrics["loss"]))
+    out[kind + "_step"] = int(state.step)
+json.dump(out, sys.stdout)
