@@ -149,3 +149,23 @@ def test_half_precision_runs_bfloat16_with_float32_state_and_agrees_with_float32
     # bfloat16 keeps 8 bits of mantissa: the loss terms agree to about 1 %
     for key in ("loss", "loss_fusion", "loss_ir", "loss_vis"):
         np.testing.assert_allclose(results[True][key], results[False][key], rtol=2e-2)
+
+
+def test_validation_runs_at_every_checkpoint_and_ranks_the_best(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for sub in ("ir", "vis"):
+        os.makedirs(tmp_path / "val" / sub)
+        for name in ("a", "b"):
+            Image.fromarray(rng.integers(0, 255, (40, 36), dtype=np.uint8)).save(tmp_path / "val" / sub / f"{name}.png")
+    config = tiny_config(steps=4, checkpoint_every=2, keep_best=1, keep_checkpoints=1)
+    config.data.update(val_dir=str(tmp_path / "val"), val_size=32, cache_dir=str(tmp_path / "cache"))
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(config, str(workdir))
+    rows = _read(workdir / "metrics.jsonl")
+    val_rows = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in val_rows] == [2, 4]
+    assert all(np.isfinite(r["val_loss_fusion"]) for r in val_rows)
+    assert os.path.exists(workdir / "samples" / "val" / "grid_step000004.png")
+    best = min(val_rows, key=lambda r: r["val_loss"])["step"]
+    assert sorted(int(d) for d in os.listdir(workdir / "checkpoints")) == sorted({best, 4})
