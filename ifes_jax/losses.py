@@ -68,7 +68,7 @@ def _products(ir, vis, fused):
 
 def _centre(ir_BHW, vis_BHW, fused_BHW):
     # Moments are shift-invariant; removing each image's mean cuts float32 cancellation in E[x²]−μ².
-    centre = lambda x: x - jnp.mean(x, axis=(-2, -1), keepdims=True)
+    centre = lambda x: x - jax.lax.stop_gradient(jnp.mean(x, axis=(-2, -1), keepdims=True))
     return centre(ir_BHW), centre(vis_BHW), centre(fused_BHW)
 
 
@@ -79,22 +79,26 @@ def global_moments(ir_BHW, vis_BHW, fused_BHW) -> Moments:
     return _moments_from_means(*means)
 
 
+def separable_filter_valid(x, taps, axes=(-2, -1)):
+    """Correlate `x` with the window outer(taps, taps) over two axes, 'valid' output.
+
+    Written as shifted, weighted sums of slices: XLA fuses them into a few passes, where a
+    depthwise convolution is about 20x slower on CPU.
+    """
+    taps = [float(t) for t in np.asarray(taps)]
+    for axis in axes:
+        n = x.shape[axis] - len(taps) + 1
+        x = sum(t * jax.lax.slice_in_dim(x, i, i + n, axis=axis) for i, t in enumerate(taps))
+    return x
+
+
 def local_moments(ir_BHW, vis_BHW, fused_BHW, taps) -> Moments:
-    """Moments at every valid window position, by one separable depthwise filter over the nine
+    """Moments at every valid window position, by one separable filter over the nine
     products; each (B, H−k+1, W−k+1)."""
     ir, vis, fused = _centre(ir_BHW, vis_BHW, fused_BHW)
     stack_BHWC = jnp.stack(_products(ir, vis, fused), axis=-1)
-    channels = stack_BHWC.shape[-1]
-    taps = jnp.asarray(taps, stack_BHWC.dtype)
-    size = taps.shape[0]
-    dims = ("NHWC", "HWIO", "NHWC")
-    rows = jnp.tile(taps.reshape(size, 1, 1, 1), (1, 1, 1, channels))
-    cols = jnp.tile(taps.reshape(1, size, 1, 1), (1, 1, 1, channels))
-    for kernel in (rows, cols):
-        stack_BHWC = jax.lax.conv_general_dilated(
-            stack_BHWC, kernel, (1, 1), "VALID", dimension_numbers=dims,
-            feature_group_count=channels, precision=jax.lax.Precision.HIGHEST)
-    return _moments_from_means(*jnp.moveaxis(stack_BHWC, -1, 0))
+    means = separable_filter_valid(stack_BHWC, taps, axes=(1, 2))
+    return _moments_from_means(*jnp.moveaxis(means, -1, 0))
 
 
 def decomposition_ssim_from_moments(m: Moments, *, xi: float, c: float, eps: float = DEFAULT_EPS):

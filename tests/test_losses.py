@@ -94,7 +94,7 @@ def test_expected_image_scores_one_and_has_the_max_contrast():
 def test_ssim_of_image_with_itself_is_one(mode):
     ir, vis, fused = _images(5, flat=True)
     for x in (ir, vis, np.full_like(ir, 0.4)):
-        np.testing.assert_allclose(float(losses.cs_ssim(x, x, mode=mode)), 1.0, atol=1e-6)
+        np.testing.assert_allclose(float(losses.cs_ssim(x, x, mode=mode)), 1.0, atol=1e-5)
 
 
 def test_batched_input_scores_each_image():

@@ -1,0 +1,283 @@
+"""Evaluation: a paper-style table (rows: metrics; columns: methods) over a folder of pairs.
+
+Methods are the classical baselines (`average`, `max`, `laplacian`, `target`), a trained model
+(`ckpt:PATH`, a workdir or checkpoint folder) or fused images made by any other tool
+(`dir:PATH`, matched to the pairs by file name). Colour visible images are evaluated on their
+BT.601 Y channel. Writes `table.md`, `per_pair.csv`, `results.json` and `figure.png`.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from ifes_jax import baselines, metrics
+from ifes_jax.data import pairs as pairs_lib
+from ifes_jax.data.images import IMAGE_EXTENSIONS, luma, read_image, to_float01
+from ifes_jax.errors import ConfigError, DataError, InputError
+
+
+@dataclasses.dataclass
+class Method:
+    label: str
+    kind: str  # baseline | ckpt | dir
+    arg: str = ""
+
+
+def parse_methods(spec: str) -> list[Method]:
+    """'average,max,ckpt:runs/x,dir:other/fused' -> methods; labels are unique."""
+    methods = []
+    for item in (s.strip() for s in spec.split(",") if s.strip()):
+        kind, _, arg = item.partition(":")
+        if not arg:
+            if item not in baselines.BASELINES:
+                raise ConfigError(f"unknown method {item!r}: use {', '.join(baselines.BASELINES)}, "
+                                  "ckpt:PATH or dir:PATH")
+            methods.append(Method(item, "baseline", item))
+        elif kind in ("ckpt", "dir"):
+            if not os.path.exists(arg):
+                raise InputError(f"{arg}: no such {'checkpoint' if kind == 'ckpt' else 'folder'} "
+                                 f"(method {item})")
+            label = os.path.basename(os.path.normpath(arg)) or arg
+            methods.append(Method(label if kind == "dir" else f"ours ({label})", kind, arg))
+        else:
+            raise ConfigError(f"unknown method {item!r}")
+    if not methods:
+        raise ConfigError("no methods given")
+    labels = [m.label for m in methods]
+    for m in methods:
+        if labels.count(m.label) > 1:
+            m.label = f"{m.kind}:{m.arg}"
+    return methods
+
+
+def select_pairs(found, spec: str | None):
+    """The pairs named by `spec`: None (all), '@file' (a list file), or a comma list of names
+    and inclusive ranges 'first..last' (in name order)."""
+    if not spec:
+        return found
+    names = [p.name for p in found]
+    if spec.startswith("@"):
+        wanted = pairs_lib.read_name_list(spec[1:])
+    else:
+        wanted = []
+        for item in (s.strip() for s in spec.split(",") if s.strip()):
+            if ".." in item:
+                lo, hi = item.split("..", 1)
+                if lo not in names or hi not in names:
+                    raise InputError(f"pair range {item!r}: {lo if lo not in names else hi!r} is not a pair")
+                wanted += names[names.index(lo): names.index(hi) + 1]
+            else:
+                wanted.append(item)
+    missing = [n for n in wanted if n not in names]
+    if missing:
+        raise InputError(f"{len(missing)} requested pair(s) not in the folder: {', '.join(missing[:5])}")
+    by_name = {p.name: p for p in found}
+    return [by_name[n] for n in dict.fromkeys(wanted)]
+
+
+def gray01(pixels, bit_depth):
+    return luma(to_float01(pixels, bit_depth))
+
+
+def load_pair(pair):
+    """(ir, vis_y, vis_mode) as float32 (H, W) in [0, 1]."""
+    (ir, ir_bits, _), (vis, vis_bits, vis_mode) = pairs_lib.read_pair(pair)
+    return gray01(ir, ir_bits), gray01(vis, vis_bits), vis_mode
+
+
+def _find_fused(folder, name):
+    for ext in IMAGE_EXTENSIONS:
+        for candidate in (name + ext, name + ext.upper()):
+            path = os.path.join(folder, candidate)
+            if os.path.isfile(path):
+                return path
+    raise DataError(f"{folder}: no fused image for pair {name!r}")
+
+
+class Runner:
+    """Fuses a pair with each method (models loaded once)."""
+
+    def __init__(self, methods):
+        self.methods = methods
+        self._models = {}
+        self._baselines = {name: jax.jit(fn) for name, fn in baselines.BASELINES.items()}
+
+    def fuse(self, method, name, ir, vis):
+        """(fused float (H, W), weights (H, W, 2) or None)."""
+        if method.kind == "baseline":
+            return np.asarray(self._baselines[method.arg](ir, vis)), None
+        if method.kind == "ckpt":
+            if method.arg not in self._models:
+                from ifes_jax import fuse as fuse_lib
+                self._models[method.arg] = fuse_lib.load(method.arg)
+            out = self._models[method.arg](ir, vis)
+            return out["fused"], out["weights"]
+        path = _find_fused(method.arg, name)
+        pixels, bits, _ = read_image(path)
+        fused = gray01(pixels, bits)
+        if fused.shape != ir.shape:
+            raise DataError(f"{path} is {fused.shape[1]}x{fused.shape[0]}, its pair is "
+                            f"{ir.shape[1]}x{ir.shape[0]}")
+        return fused, None
+
+
+def _check_finite(array, what):
+    if not np.all(np.isfinite(array)):
+        raise DataError(f"{what}: non-finite pixel values (NaN or inf)")
+
+
+def evaluate(data_dir, methods, out_dir, *, profile: str = "paper", quantize: bool = False,
+             skip_bad: bool = False, pair_spec: str | None = None, figure_pairs: int = 3,
+             log=print):
+    """Score every method on every pair and write the outputs into `out_dir`.
+
+    Built-in methods are scored on their float fusion (on the 0–255 scale where a metric
+    uses it) unless `quantize`, which scores the 8-bit image that would be saved. Returns the
+    results dict written to results.json.
+    """
+    if profile not in metrics.PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}: use {', '.join(metrics.PROFILES)}")
+    selected = select_pairs(pairs_lib.find_pairs(data_dir), pair_spec)
+    runner = Runner(methods)
+    names = list(metrics.PROFILES[profile])
+    per_pair = {m.label: {} for m in methods}
+    skipped, colour_pairs, figure_rows = [], 0, []
+    start = time.perf_counter()
+
+    def score(pair):
+        """(pair, row, images) or (pair, error)."""
+        try:
+            ir, vis, vis_mode = load_pair(pair)
+            row, images = {}, {}
+            for m in methods:
+                fused, weights = runner.fuse(m, pair.name, ir, vis)
+                _check_finite(fused, f"method {m.label}, pair {pair.name}")
+                if quantize and m.kind != "dir":
+                    fused = np.rint(np.clip(fused, 0, 1) * 255) / 255
+                row[m.label] = {k: float(v) for k, v in
+                                jax.device_get(metrics.compute(fused, ir, vis, profile)).items()}
+                images[m.label] = (fused, weights)
+            return pair, (ir, vis, vis_mode, row, images), None
+        except InputError as exc:
+            return pair, None, exc
+
+    for i, (pair, result, error) in enumerate(map(score, selected)):
+        if error is not None:
+            if not skip_bad:
+                raise error
+            skipped.append((pair.name, str(error)))
+            log(f"skipped {pair.name}: {error}")
+            continue
+        ir, vis, vis_mode, row, images = result
+        colour_pairs += vis_mode == "rgb"
+        for label, values in row.items():
+            per_pair[label][pair.name] = values
+        if len(figure_rows) < figure_pairs:
+            figure_rows.append((pair.name, ir, vis, images))
+        log(f"[{i + 1}/{len(selected)}] {pair.name}")
+    seconds = time.perf_counter() - start
+    if not any(per_pair.values()):
+        raise DataError(f"{data_dir}: no pair could be evaluated")
+
+    means = {label: {k: float(np.mean([v[k] for v in rows.values()])) for k in names}
+             for label, rows in per_pair.items()}
+    meta = {"data": os.path.abspath(data_dir), "profile": profile, "pairs": len(per_pair[methods[0].label]),
+            "colour_pairs": colour_pairs, "quantize": quantize, "skipped": skipped,
+            "seconds": seconds, "conventions": metrics.CONVENTIONS[profile]}
+    results = dict(means, per_pair=per_pair, meta=meta)
+    os.makedirs(out_dir, exist_ok=True)
+    _write_atomic(os.path.join(out_dir, "results.json"), json.dumps(results, indent=2))
+    _write_atomic(os.path.join(out_dir, "table.md"), markdown_table(means, names, meta))
+    _write_csv(os.path.join(out_dir, "per_pair.csv"), per_pair, names)
+    if figure_rows:
+        figure_grid(os.path.join(out_dir, "figure.png"), figure_rows)
+    return results
+
+
+def markdown_table(means, names, meta) -> str:
+    """Rows: metrics; columns: methods; the best (largest) of each row in bold."""
+    labels = list(means)
+    lines = ["| metric | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    for name in names:
+        values = [means[label][name] for label in labels]
+        best = max(values)
+        cells = [(f"**{_fmt(v)}**" if v == best else _fmt(v)) for v in values]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    notes = [
+        "",
+        f"Mean over {meta['pairs']} pairs of `{meta['data']}`, profile `{meta['profile']}`; "
+        "larger is better for every metric; the best of each row is in bold.",
+        ("Built-in methods are scored on the 8-bit images they would save (`--quantize`)."
+         if meta["quantize"] else
+         "Built-in methods are scored on their float fusion (0–255 scale where a metric uses it), "
+         "not on a saved 8-bit image."),
+    ]
+    if meta["colour_pairs"]:
+        notes.append(f"{meta['colour_pairs']} pair(s) have colour visible images: they are "
+                     "evaluated on the BT.601 Y channel.")
+    if meta["skipped"]:
+        notes.append("Skipped: " + "; ".join(f"{n} ({why})" for n, why in meta["skipped"]))
+    notes.append("")
+    notes += [f"- {name}: {meta['conventions'][name]}" for name in names]
+    return "\n".join(lines + notes) + "\n"
+
+
+def _fmt(v):
+    return f"{v:.4f}" if abs(v) < 1 else f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+
+
+def _write_atomic(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _write_csv(path, per_pair, names):
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["pair", "method"] + names)
+        for label, rows in per_pair.items():
+            for pair, values in rows.items():
+                writer.writerow([pair, label] + [f"{values[n]:.6g}" for n in names])
+    os.replace(tmp, path)
+
+
+def figure_grid(path, rows, height: float = 2.0):
+    """A grid: one row per pair; IR, VIS, each method's fusion, and the model's weight maps."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(rows[0][3])
+    weight_label = next((label for label in labels if rows[0][3][label][1] is not None), None)
+    columns = ["IR", "VIS"] + labels + ([f"W_ir ({weight_label})", f"W_vis ({weight_label})"]
+                                        if weight_label else [])
+    fig, axes = plt.subplots(len(rows), len(columns), squeeze=False,
+                             figsize=(height * 1.3 * len(columns), height * len(rows)))
+    for r, (name, ir, vis, fused) in enumerate(rows):
+        images = [ir, vis] + [fused[label][0] for label in labels]
+        if weight_label:
+            w = fused[weight_label][1]
+            images += [w[..., 0], w[..., 1]]
+        for c, image in enumerate(images):
+            ax = axes[r, c]
+            ax.imshow(np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(columns[c], fontsize=8)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
