@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,9 @@ import ml_collections
 import numpy as np
 
 from ifes_jax import checkpoint, model as model_lib, train
-from ifes_jax.errors import InputError
+from ifes_jax.data.images import (luma, read_image, rgb_to_ycbcr, to_float01, write_png,
+                                  ycbcr_to_rgb)
+from ifes_jax.errors import DataError, InputError
 
 
 def checkpoint_dir(path) -> tuple[str, int | None]:
@@ -30,37 +33,100 @@ def checkpoint_dir(path) -> tuple[str, int | None]:
     raise InputError(f"{path}: not a workdir or checkpoint folder (no checkpoints/ or step folders)")
 
 
+SMOOTH_SIZE, SMOOTH_VARIANCE = 5, 2.0  # the paper's Discussion (Fig. 8): 5 x 5 Gaussian, variance 2
+RECEPTIVE_MARGIN = 32  # > the deepest path of the largest variant (16 convs of radius 1, 4 stages + HC)
+
+
+def smoothing_taps() -> np.ndarray:
+    """1-D taps of the 5 x 5 Gaussian (variance 2) used by `smooth_weights`."""
+    x = np.arange(SMOOTH_SIZE) - SMOOTH_SIZE // 2
+    g = np.exp(-x ** 2 / (2 * SMOOTH_VARIANCE))
+    return g / g.sum()
+
+
+def smooth(weights_BHWC):
+    """Each weight map convolved with the 5 x 5 Gaussian, symmetric borders (same size)."""
+    r = SMOOTH_SIZE // 2
+    padded = jnp.pad(weights_BHWC, ((0, 0), (r, r), (r, r), (0, 0)), mode="symmetric")
+    from ifes_jax.losses import separable_filter_valid
+    return separable_filter_valid(padded, smoothing_taps(), axes=(1, 2))
+
+
 @dataclasses.dataclass
 class Fuser:
-    """A trained model ready to fuse: `fuser(ir, vis)` on gray float images in [0, 1]."""
+    """A trained model ready to fuse: `fuser(ir, vis)` on gray float images in [0, 1].
+
+    Any size: the network is fully convolutional. Images larger than `tile` pixels a side are
+    fused in overlapping tiles (each with a `RECEPTIVE_MARGIN` border that is dropped), which
+    gives the untiled result up to float rounding, in bounded memory.
+    """
 
     config: ml_collections.ConfigDict
     params: dict
     net: model_lib.IFESNet
+    tile: int = 1024
 
     @functools.cached_property
     def _apply(self):
-        return jax.jit(lambda params, ir, vis: self.net.apply({"params": params}, ir, vis))
+        def apply(params, ir, vis, smooth_weights):
+            out = self.net.apply({"params": params}, ir, vis)
+            if smooth_weights:
+                w = smooth(out["weights"])
+                out = dict(out, weights=w, fused=w[..., :1] * ir + w[..., 1:] * vis)
+            return out
+        return jax.jit(apply, static_argnums=3)
 
-    def __call__(self, ir, vis):
-        """Fuse (H, W) or (B, H, W) or (B, H, W, 1) images; returns {"fused": same layout as
-        the input, "weights": (..., H, W, 2)} as float32 numpy arrays."""
+    def __call__(self, ir, vis, *, smooth_weights: bool = False):
+        """Fuse (H, W), (B, H, W) or (B, H, W, 1) gray images in [0, 1]; returns {"fused":
+        the input's layout, "weights": (..., H, W, 2)} as float32 numpy arrays."""
         ir, vis = np.asarray(ir, np.float32), np.asarray(vis, np.float32)
         if ir.shape != vis.shape:
             raise InputError(f"infrared {ir.shape} and visible {vis.shape} shapes differ")
-        squeeze = ir.ndim == 2
-        x_ir, x_vis = (x[None] if squeeze else x for x in (ir, vis))
-        if x_ir.ndim == 3:
-            x_ir, x_vis = x_ir[..., None], x_vis[..., None]
-        out = jax.device_get(self._apply(self.params, x_ir, x_vis))
-        fused = out["fused"].reshape(x_ir.shape)
-        fused = fused[0, ..., 0] if squeeze else fused.reshape(ir.shape)
-        weights = out["weights"][0] if squeeze else out["weights"]
-        return {"fused": fused, "weights": weights}
+        if ir.ndim not in (2, 3, 4) or (ir.ndim == 4 and ir.shape[-1] != 1):
+            raise InputError(f"expected gray images as HW, BHW or BHW1, got shape {ir.shape}")
+        x_ir = ir.reshape((-1,) + ir.shape[-2:] if ir.ndim < 4 else ir.shape[:3])[..., None]
+        x_vis = vis.reshape(x_ir.shape)
+        fused, weights = self._fuse_tiled(x_ir, x_vis, smooth_weights)
+        if ir.ndim == 2:
+            return {"fused": fused[0, ..., 0], "weights": weights[0]}
+        return {"fused": fused.reshape(ir.shape), "weights": weights}
+
+    def _run(self, ir, vis, smooth_weights):
+        out = jax.device_get(self._apply(self.params, ir, vis, smooth_weights))
+        return out["fused"], out["weights"]
+
+    def _fuse_tiled(self, ir, vis, smooth_weights):
+        height, width = ir.shape[1:3]
+        if max(height, width) <= self.tile:
+            return self._run(ir, vis, smooth_weights)
+        margin = RECEPTIVE_MARGIN + (SMOOTH_SIZE // 2 if smooth_weights else 0)
+        core = self.tile - 2 * margin
+        fused = np.empty(ir.shape, np.float32)
+        weights = np.empty(ir.shape[:3] + (2,), np.float32)
+        for top in _tile_starts(height, core):
+            for left in _tile_starts(width, core):
+                # every tile has the same shape (one compilation); it reaches `margin` beyond its core
+                t0 = min(max(top - margin, 0), max(height - self.tile, 0))
+                l0 = min(max(left - margin, 0), max(width - self.tile, 0))
+                window = (slice(None), slice(t0, t0 + self.tile), slice(l0, l0 + self.tile))
+                f, w = self._run(ir[window], vis[window], smooth_weights)
+                rows = slice(top - t0, min(top + core, height) - t0)
+                cols = slice(left - l0, min(left + core, width) - l0)
+                out_rows = slice(top, min(top + core, height))
+                out_cols = slice(left, min(left + core, width))
+                fused[:, out_rows, out_cols] = f[:, rows, cols]
+                weights[:, out_rows, out_cols] = w[:, rows, cols]
+        return fused, weights
 
 
-def load(path, step: int | None = None) -> Fuser:
-    """The model of a workdir or checkpoint folder (its config is read from the checkpoint)."""
+def _tile_starts(size, core):
+    return list(range(0, size, core))
+
+
+def load(path, step: int | None = None, *, half_precision: bool = False,
+         tile: int = 1024) -> Fuser:
+    """The model of a workdir or checkpoint folder (its config is read from the checkpoint);
+    `half_precision` runs it in bfloat16."""
     folder, found_step = checkpoint_dir(path)
     step = step if step is not None else found_step
     mngr = checkpoint.manager(folder, read_only=True)
@@ -81,4 +147,61 @@ def load(path, step: int | None = None) -> Fuser:
                              f"architecture ({str(exc).splitlines()[0]})") from None
     finally:
         mngr.close()
-    return Fuser(config, state.params, model_lib.from_config(config.model))
+    return Fuser(config, state.params, model_lib.from_config(config.model, half_precision), tile)
+
+
+def fuse_color(fuser: Fuser, ir, vis, *, smooth_weights: bool = False):
+    """Fuse float images in [0, 1] of any colour: ir (H, W) (an (H, W, 3) infrared image is
+    reduced to its Y), vis (H, W) or (H, W, 3). A colour visible image is fused on its BT.601 Y;
+    its Cb/Cr are kept and the result is converted back to RGB. Returns {"fused": (H, W) or
+    (H, W, 3), "weights": (H, W, 2)}."""
+    ir, vis = np.asarray(ir, np.float32), np.asarray(vis, np.float32)
+    ir = luma(ir)
+    if ir.shape != vis.shape[:2]:
+        raise InputError(f"infrared {ir.shape[1]}x{ir.shape[0]} and visible "
+                         f"{vis.shape[1]}x{vis.shape[0]} sizes differ")
+    if vis.ndim == 2:
+        return fuser(ir, vis, smooth_weights=smooth_weights)
+    ycbcr = rgb_to_ycbcr(vis)
+    out = fuser(ir, ycbcr[..., 0], smooth_weights=smooth_weights)
+    rgb = ycbcr_to_rgb(np.concatenate([out["fused"][..., None], ycbcr[..., 1:]], axis=-1))
+    return {"fused": np.clip(rgb, 0.0, 1.0), "weights": out["weights"]}
+
+
+def read_pair_files(ir_path, vis_path):
+    """(ir float, vis float, bit depth of the output) of two image files, checked: a missing or
+    unreadable file or differing sizes raise a one-line error naming the files."""
+    ir_px, ir_bits, ir_mode = read_image(ir_path)
+    vis_px, vis_bits, _ = read_image(vis_path)
+    if ir_px.shape[:2] != vis_px.shape[:2]:
+        (h1, w1), (h2, w2) = ir_px.shape[:2], vis_px.shape[:2]
+        raise DataError(f"{ir_path} is {w1}x{h1}, {vis_path} is {w2}x{h2}: sizes differ")
+    if ir_mode == "rgb":
+        warnings.warn(f"{ir_path}: colour infrared image reduced to gray (BT.601 Y)", stacklevel=2)
+    return to_float01(ir_px, ir_bits), to_float01(vis_px, vis_bits), max(ir_bits, vis_bits)
+
+
+def fuse_files(fuser: Fuser, ir_path, vis_path, out_path, *, bit_depth: int = 8,
+               save_weights: bool = False, smooth_weights: bool = False, overwrite: bool = False):
+    """Fuse two image files into `out_path` (PNG; the weight maps beside it as
+    NAME_weight_ir.png / NAME_weight_vis.png). Every file is written under a temporary name
+    and renamed, so a failure leaves no partial output."""
+    outputs = [out_path] + (weight_paths(out_path) if save_weights else [])
+    if not overwrite:
+        for path in outputs:
+            if os.path.exists(path):
+                raise InputError(f"{path}: exists (use --overwrite to replace it)")
+    ir, vis, _ = read_pair_files(ir_path, vis_path)
+    out = fuse_color(fuser, ir, vis, smooth_weights=smooth_weights)
+    if bit_depth == 16 and out["fused"].ndim == 3:
+        raise InputError(f"{vis_path}: 16-bit output is written for gray images only")
+    write_png(out_path, out["fused"], bit_depth)
+    if save_weights:
+        for path, w in zip(outputs[1:], (out["weights"][..., 0], out["weights"][..., 1])):
+            write_png(path, np.clip(w, 0.0, 1.0), bit_depth)
+    return out
+
+
+def weight_paths(out_path):
+    stem, _ = os.path.splitext(out_path)
+    return [f"{stem}_weight_ir.png", f"{stem}_weight_vis.png"]

@@ -47,21 +47,30 @@ def find_pairs(root, ir_dir: str = "ir", vis_dir: str = "vis") -> list[Pair]:
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise DataError(f"{root}: no such folder")
-    folders = {}
     for sub in (ir_dir, vis_dir):
-        folders[sub] = os.path.join(root, sub)
-        if not os.path.isdir(folders[sub]):
+        if not os.path.isdir(os.path.join(root, sub)):
             raise DataError(f"{root}: no '{sub}/' folder (a pairs folder holds {ir_dir}/ and "
                             f"{vis_dir}/ with matching file names)")
-    ir, vis = _images_by_name(folders[ir_dir]), _images_by_name(folders[vis_dir])
-    for sub, found in ((ir_dir, ir), (vis_dir, vis)):
+    return pair_folders(os.path.join(root, ir_dir), os.path.join(root, vis_dir))
+
+
+def pair_folders(ir_folder, vis_folder) -> list[Pair]:
+    """Pairs of an infrared and a visible folder, matched by file name without extension."""
+    folders = {"ir": os.fspath(ir_folder), "vis": os.fspath(vis_folder)}
+    for folder in folders.values():
+        if not os.path.isdir(folder):
+            raise DataError(f"{folder}: no such folder")
+    ir, vis = _images_by_name(folders["ir"]), _images_by_name(folders["vis"])
+    for key, found in (("ir", ir), ("vis", vis)):
         if not found:
-            raise DataError(f"{folders[sub]}: no images ({', '.join(IMAGE_EXTENSIONS)})")
-    for here, there, a, b in ((ir, vis, ir_dir, vis_dir), (vis, ir, vis_dir, ir_dir)):
+            raise DataError(f"{folders[key]}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+    for here, there, a, b in ((ir, vis, folders["ir"], folders["vis"]),
+                              (vis, ir, folders["vis"], folders["ir"])):
         alone = set(here) - set(there)
         if alone:
-            raise DataError(f"{root}: {len(alone)} image(s) in {a}/ without a twin in {b}/: "
-                            f"{_names(alone)}")
+            name = lambda f: os.path.basename(os.path.normpath(f)) + "/"
+            raise DataError(f"{len(alone)} image(s) in {name(a)} without a twin in {name(b)}: "
+                            f"{_names(alone)} ({a}, {b})")
     return [Pair(name, ir[name], vis[name]) for name in sorted(ir)]
 
 
