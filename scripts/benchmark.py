@@ -1,0 +1,271 @@
+"""Benchmarks: how fast every part of ifes-jax runs, and how close to the hardware.
+
+python scripts/benchmark.py [--out docs/benchmarks.json] [--plot docs/inference_scaling.png]
+                            [--tiny] [--repeats N] [--cases train,inference,loss,pipeline,eval,matmul]
+
+Prints a Markdown table and writes JSON: per case the median of several timed repetitions after
+compilation, the compile time, throughput, achieved FLOP/s and its fraction of the reference
+rate (on CPU a large float32 matmul timed in the same run; on a GPU the card's dense peak),
+and peak memory (host RSS; device memory where the backend reports it). `--tiny` runs every
+case once at toy sizes (the test suite does, so the script cannot rot).
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import default, quickstart  # noqa: E402
+from ifes_jax import losses, metrics, model as model_lib, train  # noqa: E402
+from ifes_jax.data import pipeline, synthetic  # noqa: E402
+
+# dense peaks (FLOP/s) of cards we may be lent: (float32, bfloat16)
+GPU_PEAKS = {"H100": (67e12, 989e12), "H200": (67e12, 989e12), "A100": (19.5e12, 312e12)}
+
+
+def timed(fn, repeats):
+    """(compile-and-first-run seconds, median seconds of `repeats` further runs; one run when
+    the first took over 20 s)."""
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t
+    repeats = 1 if first > 20 else repeats
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        runs.append(time.perf_counter() - t)
+    return first, statistics.median(runs)
+
+
+def memory():
+    out = {"host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    stats = getattr(jax.devices()[0], "memory_stats", lambda: None)()
+    if stats and "peak_bytes_in_use" in stats:
+        out["device_peak_mb"] = stats["peak_bytes_in_use"] / 2 ** 20
+    return out
+
+
+def forward_flops_per_pixel(params) -> float:
+    """2 · 9 · C_in · C_out per pixel for every 3x3 conv (multiply-adds counted as 2 FLOPs)."""
+    return float(sum(2 * np.prod(p["kernel"].shape) for p in params.values()))
+
+
+def reference_rate(tiny):
+    """(FLOP/s, what it is): the card's dense peak on a GPU, else a float32 matmul timed now."""
+    device = jax.devices()[0]
+    if device.platform == "gpu":
+        for name, (f32, bf16) in GPU_PEAKS.items():
+            if name in device.device_kind:
+                return {"float32": f32, "bfloat16": bf16}, f"{device.device_kind} dense peak"
+    n = 256 if tiny else 4096
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    _, seconds = timed(lambda: f(a), 1 if tiny else 5)
+    rate = 2 * n ** 3 / seconds
+    return {"float32": rate, "bfloat16": rate}, f"float32 {n}x{n} matmul on {device.device_kind}"
+
+
+def case_train(name, config, crop, batch, repeats, rates):
+    ir, vis = synthetic.synthetic_pairs(0, batch, crop, crop)
+    data = {"ir": jnp.asarray(ir[..., None]), "vis": jnp.asarray(vis[..., None])}
+    state = train.create_train_state(config, jax.random.key(0), crop)
+    step = train.make_train_step(config)
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics_ = step(holder["state"], data)
+        return metrics_
+    compile_s, seconds = timed(run, repeats)
+    flops = 3 * forward_flops_per_pixel(holder["state"].params) * crop * crop * batch
+    dtype = "bfloat16" if config.half_precision else "float32"
+    return {"case": name, "kind": "train step", "seconds": seconds, "compile_s": compile_s,
+            "images_per_s": batch / seconds, "megapixels_per_s": batch * crop * crop / seconds / 1e6,
+            "flop_per_s": flops / seconds, "fraction_of_reference": flops / seconds / rates[dtype]}
+
+
+def case_inference(name, config, height, width, repeats, rates, tile=None):
+    from ifes_jax import fuse
+    net = model_lib.from_config(config.model)
+    x = jnp.zeros((1, 16, 16, 1))
+    params = jax.jit(net.init)(jax.random.key(0), x, x)["params"]
+    fuser = fuse.Fuser(config, params, net, tile=tile or max(height, width))
+    ir, vis = synthetic.synthetic_pair(1, height, width)
+    compile_s, seconds = timed(lambda: fuser(ir, vis)["fused"], repeats)
+    flops = forward_flops_per_pixel(params) * height * width
+    return {"case": name, "kind": "inference", "pixels": height * width, "seconds": seconds,
+            "compile_s": compile_s, "megapixels_per_s": height * width / seconds / 1e6,
+            "flop_per_s": flops / seconds, "fraction_of_reference": flops / seconds / rates["float32"]}
+
+
+def naive_window_loss(fused, ir, vis, k=11, xi=1.7, c=0.03 ** 2, eps=1e-6):
+    """The window-mode L_F by unfolding every k x k patch (the definition, O(H·W·k²) memory):
+    kept here as the baseline the closed form is measured against."""
+    def patches(x):
+        h, w = x.shape[0] - k + 1, x.shape[1] - k + 1
+        rows = jnp.stack([x[i:i + h] for i in range(k)], -1)
+        return jnp.stack([rows[:, j:j + w] for j in range(k)], -1).reshape(h, w, k * k)
+    p1, p2, pf = patches(ir), patches(vis), patches(fused)
+    centred = [p - p.mean(-1, keepdims=True) for p in (p1, p2, pf)]
+    var = [jnp.mean(d * d, -1, keepdims=True) for d in centred]
+    r1, r2 = jnp.sqrt(var[0] + eps), jnp.sqrt(var[1] + eps)
+    s = centred[0] / r1 + centred[1] / r2
+    contrast = jnp.maximum(var[0] / r1, var[1] / r2)
+    target = xi * contrast * s / jnp.sqrt(jnp.mean(s * s, -1, keepdims=True) + eps)
+    dt = target - target.mean(-1, keepdims=True)
+    score = (2 * jnp.mean(dt * centred[2], -1) + c) / (jnp.mean(dt * dt, -1) + var[2][..., 0] + c)
+    return 1 - jnp.mean(score)
+
+
+def case_loss(size, repeats):
+    ir, vis = synthetic.synthetic_pair(2, size, size)
+    fused = (ir + vis) / 2
+    rows = []
+    for name, fn in (("closed form", lambda f, a, b: 1 - losses.decomposition_ssim(f, a, b)),
+                     ("patch unfolding", naive_window_loss)):
+        grad = jax.jit(jax.value_and_grad(fn))
+        compile_s, seconds = timed(lambda: grad(fused, ir, vis), repeats)
+        analysis = grad.lower(fused, ir, vis).compile().memory_analysis()
+        temp = getattr(analysis, "temp_size_in_bytes", None) if analysis is not None else None
+        rows.append({"case": f"loss {name} {size}²", "kind": "loss (value + grad)", "seconds": seconds,
+                     "compile_s": compile_s, "temp_memory_mb": temp / 2 ** 20 if temp is not None else None})
+    return rows
+
+
+def case_pipeline(crop, batch, repeats_batches):
+    source = pipeline.synthetic_source(0, 16, max(2 * crop, 64))
+    ds = pipeline.training_dataset(source, seed=0, batch_size=batch, crop=crop)
+    it = pipeline.iterator(ds, device=jax.devices()[0])
+    next(it)
+    t = time.perf_counter()
+    for _ in range(repeats_batches):
+        b = next(it)
+    jax.block_until_ready(b)
+    seconds = (time.perf_counter() - t) / repeats_batches
+    it.close()
+    return {"case": f"pipeline {crop}² x {batch}", "kind": "input pipeline", "seconds": seconds,
+            "batches_per_s": 1 / seconds}
+
+
+def case_eval(height, width, repeats):
+    ir, vis = synthetic.synthetic_pair(3, height, width)
+    fused = (ir + vis) / 2
+    compile_s, seconds = timed(lambda: metrics.compute(fused, ir, vis, "default"), repeats)
+    return {"case": f"evaluation {width}x{height}, default profile", "kind": "metrics per pair",
+            "seconds": seconds, "compile_s": compile_s}
+
+
+def run(cases, tiny, repeats, plot):
+    rates, rate_source = reference_rate(tiny)
+    rows = []
+    q, d = quickstart.get_config(), default.get_config()
+    if "train" in cases:
+        train_cases = [("quickstart 64² x4", q, 64, 4)]
+        for batch in (1, 8):
+            for half in (False, True):
+                cfg = default.get_config()
+                cfg.half_precision = half
+                train_cases.append((f"default 128² x{batch} {'bf16' if half else 'f32'}", cfg, 128, batch))
+        for name, cfg, crop, batch in train_cases:
+            if tiny:
+                cfg = quickstart.get_config()
+                cfg.half_precision = "bf16" in name
+                crop, batch = 16, min(batch, 2)
+            rows.append(case_train(name, cfg, crop, batch, repeats, rates) | memory())
+    if "inference" in cases:
+        sizes = [(480, 640), (1024, 1280), (2160, 3840)]
+        scaling = []
+        for label, cfg in (("full width", d), ("quickstart width", q)):
+            for h, w in sizes:
+                big = h * w > 3e6
+                if tiny:
+                    h, w = h // 40, w // 40
+                elif big and label == "full width" and jax.devices()[0].platform == "cpu":
+                    continue  # minutes per 4K image at full width on a CPU: measured on accelerators
+                row = case_inference(f"{label} {w}x{h}" + (" (tiled 1024)" if big else ""), cfg, h, w,
+                                     repeats, rates, tile=1024 if big and not tiny else None)
+                rows.append(row | memory())
+                scaling.append((label, row["pixels"], row["seconds"]))
+        if plot:
+            plot_scaling(scaling, plot)
+    if "loss" in cases:
+        for size in ((32,) if tiny else (128, 256, 512)):
+            rows.extend(r | memory() for r in case_loss(size, repeats))
+    if "pipeline" in cases:
+        rows.append(case_pipeline(16 if tiny else 128, 1, 3 if tiny else 300) | memory())
+        rows.append(case_pipeline(16 if tiny else 64, 4, 3 if tiny else 300) | memory())
+    if "eval" in cases:
+        rows.append(case_eval(*((80, 96) if tiny else (480, 640)), repeats) | memory())
+    return {"device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
+            "device_count": jax.device_count(), "reference": rate_source,
+            "reference_flop_per_s": rates, "jax": jax.__version__, "rows": rows}
+
+
+def plot_scaling(points, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for label in sorted({p[0] for p in points}):
+        xs = [p[1] for p in points if p[0] == label]
+        ys = [p[2] for p in points if p[0] == label]
+        ax.loglog(xs, ys, "o-", label=label)
+    ax.set_xlabel("pixels")
+    ax.set_ylabel("seconds per image")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def markdown(result):
+    lines = [f"Device: {result['device']} ({result['platform']}, {result['device_count']} device(s)); "
+             f"reference rate: {result['reference']} = "
+             f"{result['reference_flop_per_s']['float32'] / 1e9:.0f} GFLOP/s; jax {result['jax']}.", "",
+             "| case | kind | median s | compile s | throughput | GFLOP/s | of reference | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        if "images_per_s" in r:
+            throughput = f"{r['images_per_s']:.2f} img/s, {r['megapixels_per_s']:.3f} MP/s"
+        elif "megapixels_per_s" in r:
+            throughput = f"{r['megapixels_per_s']:.3f} MP/s"
+        elif "batches_per_s" in r:
+            throughput = f"{r['batches_per_s']:.0f} batches/s"
+        elif r.get("temp_memory_mb") is not None:
+            throughput = f"temp memory {r['temp_memory_mb']:.1f} MB"
+        else:
+            throughput = ""
+        gflops = f"{r['flop_per_s'] / 1e9:.1f}" if "flop_per_s" in r else ""
+        frac = f"{100 * r['fraction_of_reference']:.1f} %" if "fraction_of_reference" in r else ""
+        compile_s = f"{r['compile_s']:.2f}" if "compile_s" in r else ""
+        lines.append(f"| {r['case']} | {r['kind']} | {r['seconds']:.4f} | {compile_s} | {throughput} | "
+                     f"{gflops} | {frac} | {r['host_peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="benchmark.json", help="JSON output")
+    p.add_argument("--plot", default="inference_scaling.png", help="log-log plot of inference time")
+    p.add_argument("--tiny", action="store_true", help="every case once at toy sizes")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--cases", default="matmul,train,inference,loss,pipeline,eval")
+    args = p.parse_args(argv)
+    repeats = 1 if args.tiny else args.repeats
+    result = run(set(args.cases.split(",")), args.tiny, repeats, args.plot)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""scripts/benchmark.py runs every case (tiny sizes, one repetition): it cannot rot. No timings
+are asserted."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+
+def test_every_benchmark_case_runs_once(tmp_path):
+    out, plot = tmp_path / "b.json", tmp_path / "b.png"
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--tiny",
+                             "--out", str(out), "--plot", str(plot)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    kinds = [r["kind"] for r in rows]
+    assert kinds.count("train step") == 5 and kinds.count("inference") == 6
+    assert kinds.count("loss (value + grad)") == 2 and kinds.count("input pipeline") == 2
+    assert kinds.count("metrics per pair") == 1
+    assert all(r["seconds"] > 0 and np.isfinite(r["seconds"]) for r in rows)
+    assert plot.exists() and "| case |" in result.stdout
+
+
+def test_the_benchmarks_patch_unfolding_loss_is_the_closed_form_loss():
+    import benchmark
+    from ifes_jax import losses
+    from ifes_jax.data.synthetic import synthetic_pair
+    ir, vis = synthetic_pair(0, 40, 44)
+    fused = 0.3 * ir + 0.7 * vis
+    np.testing.assert_allclose(float(benchmark.naive_window_loss(fused, ir, vis)),
+                               1 - float(losses.decomposition_ssim(fused, ir, vis)), atol=1e-5)
