@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import warnings
 
@@ -205,3 +206,39 @@ def fuse_files(fuser: Fuser, ir_path, vis_path, out_path, *, bit_depth: int = 8,
 def weight_paths(out_path):
     stem, _ = os.path.splitext(out_path)
     return [f"{stem}_weight_ir.png", f"{stem}_weight_vis.png"]
+
+
+SHIPPED_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
+
+
+def export(fuser: Fuser, folder: str = SHIPPED_WEIGHTS) -> None:
+    """Write a model's parameters (flax msgpack, float32) and config (JSON) into `folder`, the
+    form in which weights ship inside the package."""
+    from flax import serialization
+    os.makedirs(folder, exist_ok=True)
+    params = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(fuser.params))
+    with open(os.path.join(folder, "params.msgpack"), "wb") as f:
+        f.write(serialization.to_bytes(params))
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        f.write(fuser.config.to_json_best_effort(indent=2))
+
+
+def load_exported(folder: str = SHIPPED_WEIGHTS, *, half_precision: bool = False,
+                  tile: int = 1024) -> Fuser:
+    """The model `export` wrote into `folder` (by default the weights shipped with the package)."""
+    from flax import serialization
+    paths = [os.path.join(folder, n) for n in ("params.msgpack", "config.json")]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise InputError(f"{path}: missing (no exported weights in {folder})")
+    with open(paths[1]) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    net = model_lib.from_config(config.model, half_precision)
+    x = jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32)
+    template = jax.eval_shape(net.init, jax.random.key(0), x, x)["params"]
+    with open(paths[0], "rb") as f:
+        try:
+            params = serialization.from_bytes(template, f.read())
+        except (ValueError, KeyError) as exc:
+            raise InputError(f"{paths[0]}: does not match {paths[1]} ({exc})") from None
+    return Fuser(config, jax.tree.map(jnp.asarray, params), net, tile)

@@ -84,7 +84,7 @@ class IFESNet(nn.Module):
             raise ConfigError(f"num_stages must be in 1..{len(STAGE_CHANNELS)}, got {self.num_stages}")
         if self.weight_activation not in WEIGHT_ACTIVATIONS:
             raise ConfigError(f"weight_activation must be one of {WEIGHT_ACTIVATIONS}, "
-                             f"got {self.weight_activation!r}")
+                              f"got {self.weight_activation!r}")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         ir_BHW1 = jnp.asarray(ir_BHW1, jnp.float32)

@@ -57,7 +57,7 @@ def check_batch_size(global_batch: int, kind: str) -> int:
     devices = jax.device_count()
     if global_batch % devices:
         raise ConfigError(f"train.batch_size={global_batch} does not split evenly over the "
-                         f"{devices} devices: use a multiple of {devices}")
+                          f"{devices} devices: use a multiple of {devices}")
     return global_batch // jax.process_count()
 
 

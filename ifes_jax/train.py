@@ -16,7 +16,7 @@ import optax
 from flax.training import train_state
 
 from ifes_jax import checkpoint, losses, model as model_lib, parallel
-from ifes_jax.data import pipeline, synthetic, tfds_pairs
+from ifes_jax.data import pipeline, synthetic
 from ifes_jax.data.images import write_png
 from ifes_jax.errors import ConfigError
 
@@ -40,7 +40,7 @@ def learning_rate_schedule(optim, total_steps: int) -> optax.Schedule:
     if optim.schedule == "warmup_cosine":
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1))
     raise ConfigError(f"optim.schedule must be constant, warmup_constant or warmup_cosine, "
-                     f"got {optim.schedule!r}")
+                      f"got {optim.schedule!r}")
 
 
 def make_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
@@ -56,7 +56,7 @@ def make_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
                               weight_decay=optim.weight_decay, mask=kernel_mask)]
     else:
         raise ConfigError(f"optim.weight_decay_mode must be l2 or decoupled, "
-                         f"got {optim.weight_decay_mode!r}")
+                          f"got {optim.weight_decay_mode!r}")
     return optax.chain(*parts)
 
 
@@ -186,6 +186,7 @@ def make_source(config, *, folder=None, split=None, train_list=None):
     folder = data.dir if folder is None else folder
     if folder is None:
         return pipeline.synthetic_source(config.seed, data.synthetic_pairs, data.synthetic_size)
+    from ifes_jax.data import tfds_pairs  # tensorflow-datasets is imported only for folders
     builder = tfds_pairs.prepare(
         folder, os.path.expanduser(data.cache_dir),
         train_list=data.train_list if train_list is None else train_list,

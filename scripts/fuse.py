@@ -14,7 +14,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="a training workdir or checkpoint folder")
+    p.add_argument("--checkpoint",
+                   help="a training workdir or checkpoint folder (default: the weights shipped "
+                        "with the package)")
     p.add_argument("--ir", help="infrared image (one pair)")
     p.add_argument("--vis", help="visible image (one pair)")
     p.add_argument("--out", help="fused PNG (one pair)")
@@ -39,6 +41,13 @@ def parse_args(argv=None):
     return args
 
 
+def load_model(fuse, args):
+    options = dict(half_precision=args.dtype == "bfloat16", tile=args.tile)
+    if args.checkpoint:
+        return fuse.load(args.checkpoint, **options)
+    return fuse.load_exported(**options)
+
+
 def _inside(path, folder):
     path, folder = os.path.realpath(path), os.path.realpath(folder)
     return path == folder or path.startswith(folder + os.sep)
@@ -59,13 +68,11 @@ def main(argv=None):
     options = dict(bit_depth=args.bit_depth, save_weights=args.save_weights,
                    smooth_weights=args.smooth_weights, overwrite=args.overwrite)
     try:
-        if not args.checkpoint:
-            raise InputError("no --checkpoint given (a training workdir or checkpoint folder)")
         if args.ir:
             for source in (args.ir, args.vis):
                 if os.path.exists(args.out) and os.path.samefile(args.out, source):
                     raise InputError(f"{args.out}: the output would overwrite an input")
-            fuser = fuse.load(args.checkpoint, half_precision=args.dtype == "bfloat16", tile=args.tile)
+            fuser = load_model(fuse, args)
             fuse.fuse_files(fuser, args.ir, args.vis, args.out, **options)
             print(f"wrote {args.out}")
             return
@@ -73,7 +80,7 @@ def main(argv=None):
             if _inside(args.out_dir, folder):
                 raise InputError(f"{args.out_dir}: the output folder is inside the input folder {folder}")
         found = pairs.pair_folders(args.ir_dir, args.vis_dir)
-        fuser = fuse.load(args.checkpoint, half_precision=args.dtype == "bfloat16", tile=args.tile)
+        fuser = load_model(fuse, args)
     except InputError as exc:
         sys.exit(f"error: {exc}")
 

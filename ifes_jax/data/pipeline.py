@@ -121,7 +121,7 @@ def training_dataset(source, *, seed: int, batch_size: int, crop: int, flips: bo
                             len(source) - len(keep), len(source), crop, crop)
         if not keep:
             raise ConfigError(f"no pair is at least {crop}x{crop}: lower data.crop_size or set "
-                             "data.small_images='pad'")
+                              "data.small_images='pad'")
         ds = grain.MapDataset.source(keep).map(lambda i: source[i])
     ds = ds.seed(seed).shuffle().repeat()
     ds = ds.random_map(lambda record, rng: crop_pair(record, rng, crop, flips=flips,
