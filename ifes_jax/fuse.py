@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ifes_jax import checkpoint, model as model_lib, train
+from ifes_jax import checkpoint, losses, model as model_lib, train
 from ifes_jax.data.images import (luma, read_image, rgb_to_ycbcr, to_float01, write_png,
                                   ycbcr_to_rgb)
 from ifes_jax.errors import DataError, InputError
@@ -49,8 +49,7 @@ def smooth(weights_BHWC):
     """Each weight map convolved with the 5 x 5 Gaussian, symmetric borders (same size)."""
     r = SMOOTH_SIZE // 2
     padded = jnp.pad(weights_BHWC, ((0, 0), (r, r), (r, r), (0, 0)), mode="symmetric")
-    from ifes_jax.losses import separable_filter_valid
-    return separable_filter_valid(padded, smoothing_taps(), axes=(1, 2))
+    return losses.separable_filter_valid(padded, smoothing_taps(), axes=(1, 2))
 
 
 @dataclasses.dataclass

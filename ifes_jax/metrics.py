@@ -155,12 +155,6 @@ def _separable_valid(images, taps):
     return [out[..., i] for i in range(len(images))]
 
 
-def gaussian_window_2d(size: int, sigma: float) -> np.ndarray:
-    """MATLAB fspecial('gaussian', size, sigma): normalised outer product of Gaussian taps."""
-    g = losses.gaussian_window_1d(size, sigma)
-    return np.outer(g, g)
-
-
 def ssim(a, b, *, window_size: int = 11, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03):
     """SSIM (Wang et al. 2004): mean of the SSIM map over 'valid' 11 x 11 Gaussian (σ 1.5)
     windows, K1 0.01, K2 0.03, on 0–255 (L = 255). SSIM(x, x) = 1; finite for constants."""
