@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 
 import jax
@@ -232,7 +233,6 @@ class _StopRequest:
         self._previous = None
 
     def __enter__(self):
-        import threading
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
