@@ -18,6 +18,7 @@ def get_config():
     model.weight_activation = "sigmoid"   # sigmoid | linear | softmax for the 2 weight maps
     model.dtype = "float32"               # compute dtype (bfloat16 for mixed precision)
     model.param_dtype = "float32"
+    model.remat = False                   # recompute activations in the backward pass (less memory)
 
     config.loss = loss = ml_collections.ConfigDict()
     loss.weight_ir = 1.0       # L_I (eq. 7)

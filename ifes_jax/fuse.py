@@ -125,8 +125,12 @@ def _tile_starts(size, core):
 
 def load(path, step: int | None = None, *, half_precision: bool = False,
          tile: int = 1024) -> Fuser:
-    """The model of a workdir or checkpoint folder (its config is read from the checkpoint);
-    `half_precision` runs it in bfloat16."""
+    """The model of a workdir or checkpoint folder (its config is read from the checkpoint), or
+    of a folder of exported weights (`export`); `half_precision` runs it in bfloat16."""
+    if os.path.isfile(os.path.join(path, "params.msgpack")):
+        if step is not None:
+            raise InputError(f"{path}: exported weights have no steps to choose from")
+        return load_exported(path, half_precision=half_precision, tile=tile)
     folder, found_step = checkpoint_dir(path)
     step = step if step is not None else found_step
     mngr = checkpoint.manager(folder, read_only=True)

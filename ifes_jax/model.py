@@ -14,7 +14,8 @@ Every ablation of the paper is a field of `IFESNet`, not a copy of the code:
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -41,6 +42,53 @@ def scaled(channels: int, width_multiplier: float) -> int:
     return max(1, int(round(channels * width_multiplier)))
 
 
+class ConvParams(nn.Module):
+    """The kernel (3, 3, C_in, C_out) and bias of one 3×3 conv, named as flax's `nn.Conv` names
+    them (so checkpoints of either load), applied by `conv3x3`."""
+
+    in_features: int
+    features: int
+    kernel_init: Callable
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self):
+        return {"kernel": self.param("kernel", self.kernel_init,
+                                     (3, 3, self.in_features, self.features), self.param_dtype),
+                "bias": self.param("bias", nn.initializers.zeros_init(), (self.features,),
+                                   self.param_dtype)}
+
+
+def conv3x3(p, x, dtype):
+    """3×3, stride-1, SAME convolution of NHWC `x` in `dtype`, plus bias."""
+    y = jax.lax.conv_general_dilated(x.astype(dtype), p["kernel"].astype(dtype), (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + p["bias"].astype(dtype)
+
+
+def remat(fn):
+    """`fn(params, *inputs)` that keeps only its inputs for the backward pass and recomputes the
+    rest there. Unlike `jax.checkpoint`, whose optimisation barriers XLA CPU drops (it then
+    merges the recomputation back into the forward pass and saves nothing), the recomputation
+    reads the incoming cotangent, so no compiler can schedule it before it is needed."""
+    @jax.custom_vjp
+    def wrapped(params, *inputs):
+        return fn(params, *inputs)
+
+    def forward(params, *inputs):
+        return fn(params, *inputs), (params, inputs)
+
+    def backward(saved, cotangent):
+        params, inputs = saved
+        first = jax.tree.leaves(cotangent)[0].reshape(-1)[0]
+        # 0 · c is not folded away for floats (NaN semantics): a real data dependence
+        inputs = jax.tree.map(lambda x: x + (0 * first).astype(x.dtype), inputs)
+        return jax.vjp(fn, params, *inputs)[1](cotangent)
+
+    wrapped.defvjp(forward, backward)
+    return wrapped
+
+
 class IFESNet(nn.Module):
     """IFESNet (Fig. 3). Call with `ir_BHW1`, `vis_BHW1` in [0, 1]; returns a dict of float32
     arrays: `fused` (B,H,W,1), `weights` (B,H,W,2: W1 for IR, W2 for VIS), `recon_ir`,
@@ -55,6 +103,12 @@ class IFESNet(nn.Module):
     SHFENet stage layers differ (they read the previous SHFENet layer, not F_n).
     hierarchical_connection (Fig. 10): the features delivered by stage n-1 are also
     concatenated into the input of stage n+1 (and of the fusion head after the last stage).
+    remat: each segment (the stem, every stage, the fusion head, each reconstruction head)
+    keeps only its inputs for the backward pass and recomputes its activations there: the
+    same gradients in less memory, for about one more forward pass.
+
+    The parameters are declared per conv (`ConvParams`, the layer names of §III.B); the network
+    itself is the pure function of them that `__call__` runs segment by segment.
     """
 
     num_stages: int = 3
@@ -65,18 +119,36 @@ class IFESNet(nn.Module):
     weight_activation: str = "sigmoid"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-
-    def _conv(self, features, activation="default", name=None):
-        """A 3×3, stride-1, SAME conv named `name`, then the activation (none if None)."""
-        act = ACTIVATIONS[self.activation] if activation == "default" else activation
-        # He init keeps the signal's scale through 16 ReLU layers; the output convs use LeCun.
-        init = nn.initializers.kaiming_normal() if act else nn.initializers.lecun_normal()
-        conv = nn.Conv(features, (3, 3), padding="SAME", kernel_init=init, dtype=self.dtype,
-                       param_dtype=self.param_dtype, name=name)
-        return (lambda x: act(conv(x))) if act else conv
+    remat: bool = False
 
     def _widths(self) -> Sequence[int]:
         return [scaled(c, self.width_multiplier) for c in STAGE_CHANNELS[: self.num_stages]]
+
+    def layers(self) -> dict[str, tuple[int, int]]:
+        """(C_in, C_out) of every conv, by name, in the order they run."""
+        widths = self._widths()
+        layers = {"ivif_1": (2, widths[0]), "ivif_2": (widths[0], widths[0])}
+        delivered = []
+        shfe_in = (widths[0], widths[0]) if self.interactive else (1, 1)
+        for n, width in enumerate(widths, start=1):
+            layers[f"shfe_ir_{n}"] = (shfe_in[0], width)
+            layers[f"shfe_vis_{n}"] = (shfe_in[1], width)
+            delivered.append(2 * width)
+            stage_in = delivered[-1] + (delivered[-2] if self.hierarchical_connection and n > 1 else 0)
+            if n < len(widths):
+                layers[f"ivif_{2 * n + 1}"] = (stage_in, widths[n])
+                layers[f"ivif_{2 * n + 2}"] = (widths[n], widths[n])
+            shfe_in = (widths[n], widths[n]) if self.interactive and n < len(widths) else (width, width)
+        cin = stage_in
+        for i, c in enumerate(FUSION_HEAD_CHANNELS):
+            layers[f"head_{i + 1}"] = (cin, cin := scaled(c, self.width_multiplier))
+        layers["head_weights"] = (cin, 2)
+        for source in ("ir", "vis"):
+            cin = widths[-1]
+            for i, c in enumerate(RECON_HEAD_CHANNELS):
+                layers[f"recon_{source}_{i + 1}"] = (cin, cin := scaled(c, self.width_multiplier))
+            layers[f"recon_{source}_out"] = (cin, 1)
+        return layers
 
     @nn.compact
     def __call__(self, ir_BHW1, vis_BHW1):
@@ -87,52 +159,65 @@ class IFESNet(nn.Module):
                               f"got {self.weight_activation!r}")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        ir_BHW1 = jnp.asarray(ir_BHW1, jnp.float32)
-        vis_BHW1 = jnp.asarray(vis_BHW1, jnp.float32)
+        params = {}
+        for name, (cin, cout) in self.layers().items():
+            # He init keeps the signal's scale through 16 ReLU layers; the output convs use LeCun.
+            output = name in ("head_weights", "recon_ir_out", "recon_vis_out")
+            init = nn.initializers.lecun_normal() if output else nn.initializers.kaiming_normal()
+            params[name] = ConvParams(cin, cout, init, self.param_dtype, name=name)()
+        return self.forward(params, jnp.asarray(ir_BHW1, jnp.float32), jnp.asarray(vis_BHW1, jnp.float32))
+
+    def forward(self, params, ir_BHW1, vis_BHW1):
+        """The network as a pure function of its parameters (eqs. 1-5)."""
+        act = ACTIVATIONS[self.activation]
+        segment = remat if self.remat else (lambda fn: fn)
+
+        def convs(p, x, names, last_linear=False):
+            for i, name in enumerate(names):
+                x = conv3x3(p[name], x, self.dtype)
+                x = x if last_linear and i == len(names) - 1 else act(x)
+            return x
+
+        def pick(*names):
+            return {n: params[n] for n in names}
+
         widths = self._widths()
+        stem = segment(lambda p, ir, vis: convs(p, jnp.concatenate([ir, vis], -1), ["ivif_1", "ivif_2"]))
+        fused = stem(pick("ivif_1", "ivif_2"), ir_BHW1, vis_BHW1)  # F_1
 
-        x = jnp.concatenate([ir_BHW1, vis_BHW1], axis=-1).astype(self.dtype)
-        fused = self._conv(widths[0], name="ivif_1")(x)
-        fused = self._conv(widths[0], name="ivif_2")(fused)  # F_1
-        ir_feat, vis_feat = ir_BHW1.astype(self.dtype), vis_BHW1.astype(self.dtype)
-        delivered = []  # what each stage hands to IVIFNet: [F'_n, F''_n] (or their sum with F_n)
-        for n, width in enumerate(widths, start=1):
+        def stage(n, p, fused, ir_feat, vis_feat, previous):
             ir_in, vis_in = (fused, fused) if self.interactive else (ir_feat, vis_feat)
-            ir_feat = self._conv(width, name=f"shfe_ir_{n}")(ir_in)
-            vis_feat = self._conv(width, name=f"shfe_vis_{n}")(vis_in)
-            if self.interactive:
-                delivered.append([ir_feat, vis_feat])
-            else:
-                delivered.append([fused + ir_feat, fused + vis_feat])
-            stage_input = self._stage_input(delivered)
-            if n < len(widths):
-                layer = 2 * n + 1  # IVIFNet layer index of the pair that follows stage n
-                fused = self._conv(widths[n], name=f"ivif_{layer}")(stage_input)
-                fused = self._conv(widths[n], name=f"ivif_{layer + 1}")(fused)  # F_{n+1}
+            ir_feat = convs(p, ir_in, [f"shfe_ir_{n}"])
+            vis_feat = convs(p, vis_in, [f"shfe_vis_{n}"])
+            delivered = ([ir_feat, vis_feat] if self.interactive
+                         else [fused + ir_feat, fused + vis_feat])
+            stage_input = jnp.concatenate(delivered + (previous if self.hierarchical_connection else []), -1)
+            if n < len(widths):  # IVIFNet's next pair: F_{n+1}
+                stage_input = convs(p, stage_input, [f"ivif_{2 * n + 1}", f"ivif_{2 * n + 2}"])
+            return stage_input, ir_feat, vis_feat, delivered
 
-        weights = stage_input
-        for i, c in enumerate(FUSION_HEAD_CHANNELS):
-            weights = self._conv(scaled(c, self.width_multiplier), name=f"head_{i + 1}")(weights)
-        weights = self._conv(2, activation=None, name="head_weights")(weights).astype(jnp.float32)
-        weights = self._weight_activation(weights)
+        ir_feat, vis_feat = ir_BHW1.astype(self.dtype), vis_BHW1.astype(self.dtype)
+        previous = []
+        for n in range(1, len(widths) + 1):
+            names = [f"shfe_ir_{n}", f"shfe_vis_{n}"] + (
+                [f"ivif_{2 * n + 1}", f"ivif_{2 * n + 2}"] if n < len(widths) else [])
+            run = segment(functools.partial(stage, n))
+            fused, ir_feat, vis_feat, previous = run(pick(*names), fused, ir_feat, vis_feat, previous)
+
+        head_names = [f"head_{i + 1}" for i in range(len(FUSION_HEAD_CHANNELS))] + ["head_weights"]
+        head = segment(lambda p, x: convs(p, x, head_names, last_linear=True))
+        weights = self._weight_activation(head(pick(*head_names), fused).astype(jnp.float32))
 
         recon = {}
         for source, feat in (("ir", ir_feat), ("vis", vis_feat)):
-            for i, c in enumerate(RECON_HEAD_CHANNELS):
-                feat = self._conv(scaled(c, self.width_multiplier), name=f"recon_{source}_{i + 1}")(feat)
-            out = self._conv(1, activation=None, name=f"recon_{source}_out")(feat)
-            recon[source] = nn.sigmoid(out.astype(jnp.float32))
+            names = [f"recon_{source}_{i + 1}" for i in range(len(RECON_HEAD_CHANNELS))]
+            names.append(f"recon_{source}_out")
+            run = segment(functools.partial(convs, names=names, last_linear=True))
+            recon[source] = nn.sigmoid(run(pick(*names), feat).astype(jnp.float32))
 
         fused_image = weights[..., :1] * ir_BHW1 + weights[..., 1:] * vis_BHW1
         return {"fused": fused_image, "weights": weights,
                 "recon_ir": recon["ir"], "recon_vis": recon["vis"]}
-
-    def _stage_input(self, delivered):
-        """cat of this stage's delivered features, plus the previous stage's with HC (Fig. 10)."""
-        parts = list(delivered[-1])
-        if self.hierarchical_connection and len(delivered) > 1:
-            parts += delivered[-2]
-        return jnp.concatenate(parts, axis=-1)
 
     def _weight_activation(self, logits):
         if self.weight_activation == "sigmoid":
@@ -154,4 +239,5 @@ def from_config(model_config, half_precision: bool = False) -> IFESNet:
         weight_activation=model_config.weight_activation,
         dtype=jnp.bfloat16 if half_precision else jnp.dtype(model_config.dtype),
         param_dtype=jnp.dtype(model_config.param_dtype),
+        remat=model_config.get("remat", False),
     )

@@ -27,8 +27,9 @@ from configs import default, quickstart  # noqa: E402
 from ifes_jax import losses, metrics, model as model_lib, train  # noqa: E402
 from ifes_jax.data import pipeline, synthetic  # noqa: E402
 
-# dense peaks (FLOP/s) of cards we may be lent: (float32, bfloat16)
-GPU_PEAKS = {"H100": (67e12, 989e12), "H200": (67e12, 989e12), "A100": (19.5e12, 312e12)}
+# dense tensor-core peaks (FLOP/s) of cards we may be lent, SXM parts: (TF32, bfloat16). XLA runs
+# float32 convolutions and matmuls in TF32 on these cards by default (jax_default_matmul_precision)
+GPU_PEAKS = {"H100": (494.7e12, 989.4e12), "H200": (494.7e12, 989.4e12), "A100": (156e12, 312e12)}
 
 
 def timed(fn, repeats):
@@ -92,9 +93,9 @@ def case_train(name, config, crop, batch, repeats, rates):
             "flop_per_s": flops / seconds, "fraction_of_reference": flops / seconds / rates[dtype]}
 
 
-def case_inference(name, config, height, width, repeats, rates, tile=None):
+def case_inference(name, config, height, width, repeats, rates, tile=None, half=False):
     from ifes_jax import fuse
-    net = model_lib.from_config(config.model)
+    net = model_lib.from_config(config.model, half)
     x = jnp.zeros((1, 16, 16, 1))
     params = jax.jit(net.init)(jax.random.key(0), x, x)["params"]
     fuser = fuse.Fuser(config, params, net, tile=tile or max(height, width))
@@ -103,7 +104,8 @@ def case_inference(name, config, height, width, repeats, rates, tile=None):
     flops = forward_flops_per_pixel(params) * height * width
     return {"case": name, "kind": "inference", "pixels": height * width, "seconds": seconds,
             "compile_s": compile_s, "megapixels_per_s": height * width / seconds / 1e6,
-            "flop_per_s": flops / seconds, "fraction_of_reference": flops / seconds / rates["float32"]}
+            "flop_per_s": flops / seconds,
+            "fraction_of_reference": flops / seconds / rates["bfloat16" if half else "float32"]}
 
 
 def naive_window_loss(fused, ir, vis, k=11, xi=1.7, c=0.03 ** 2, eps=1e-6):
@@ -163,9 +165,30 @@ def case_eval(height, width, repeats):
             "seconds": seconds, "compile_s": compile_s}
 
 
-def run(cases, tiny, repeats, plot):
+class Rows(list):
+    """The table's rows; each one added is also written out at once (`on_row`), so a run that
+    is stopped keeps what it measured."""
+
+    def __init__(self, on_row):
+        super().__init__()
+        self.on_row = on_row
+
+    def append(self, row):
+        super().append(row)
+        self.on_row(self)
+
+    def extend(self, rows):
+        for row in rows:
+            self.append(row)
+
+
+def run(cases, tiny, repeats, plot, on_row=lambda rows: None):
     rates, rate_source = reference_rate(tiny)
-    rows = []
+    gpu = jax.devices()[0].platform == "gpu"
+    head = {"device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
+            "device_count": jax.device_count(), "reference": rate_source,
+            "reference_flop_per_s": rates, "jax": jax.__version__}
+    rows = Rows(lambda rows: on_row(head | {"rows": list(rows)}))
     q, d = quickstart.get_config(), default.get_config()
     if "train" in cases:
         train_cases = [("quickstart 64² x4", q, 64, 4)]
@@ -174,6 +197,11 @@ def run(cases, tiny, repeats, plot):
                 cfg = default.get_config()
                 cfg.half_precision = half
                 train_cases.append((f"default 128² x{batch} {'bf16' if half else 'f32'}", cfg, 128, batch))
+        if gpu:  # the accelerator target: full width, 256² crops, batch 8
+            for half in (False, True):
+                cfg = default.get_config()
+                cfg.half_precision = half
+                train_cases.append((f"default 256² x8 {'bf16' if half else 'f32'}", cfg, 256, 8))
         for name, cfg, crop, batch in train_cases:
             if tiny:
                 cfg = quickstart.get_config()
@@ -194,6 +222,10 @@ def run(cases, tiny, repeats, plot):
                                      repeats, rates, tile=1024 if big and not tiny else None)
                 rows.append(row | memory())
                 scaling.append((label, row["pixels"], row["seconds"]))
+        if gpu or tiny:  # video rate needs bfloat16 on an accelerator
+            h, w = (12, 16) if tiny else (480, 640)
+            rows.append(case_inference(f"full width {w}x{h} bf16", d, h, w, repeats, rates,
+                                       half=True) | memory())
         if plot:
             plot_scaling(scaling, plot)
     if "loss" in cases:
@@ -204,9 +236,7 @@ def run(cases, tiny, repeats, plot):
         rows.append(case_pipeline(16 if tiny else 64, 4, 3 if tiny else 300) | memory())
     if "eval" in cases:
         rows.append(case_eval(*((80, 96) if tiny else (480, 640)), repeats) | memory())
-    return {"device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
-            "device_count": jax.device_count(), "reference": rate_source,
-            "reference_flop_per_s": rates, "jax": jax.__version__, "rows": rows}
+    return head | {"rows": list(rows)}
 
 
 def plot_scaling(points, path):
@@ -228,11 +258,15 @@ def plot_scaling(points, path):
 
 
 def markdown(result):
+    rates = result["reference_flop_per_s"]
+    rate = (f"{rates['float32'] / 1e9:.0f} GFLOP/s" if rates["float32"] == rates["bfloat16"] else
+            f"{rates['float32'] / 1e12:.0f} TFLOP/s float32 (TF32), {rates['bfloat16'] / 1e12:.0f} "
+            "TFLOP/s bfloat16")
     lines = [f"Device: {result['device']} ({result['platform']}, {result['device_count']} device(s)); "
-             f"reference rate: {result['reference']} = "
-             f"{result['reference_flop_per_s']['float32'] / 1e9:.0f} GFLOP/s; jax {result['jax']}.", "",
-             "| case | kind | median s | compile s | throughput | GFLOP/s | of reference | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"reference rate: {result['reference']} = {rate}; jax {result['jax']}.", "",
+             "| case | kind | median s | compile s | throughput | GFLOP/s | of reference | peak RSS MB "
+             "| device peak MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if "images_per_s" in r:
             throughput = f"{r['images_per_s']:.2f} img/s, {r['megapixels_per_s']:.3f} MP/s"
@@ -247,8 +281,9 @@ def markdown(result):
         gflops = f"{r['flop_per_s'] / 1e9:.1f}" if "flop_per_s" in r else ""
         frac = f"{100 * r['fraction_of_reference']:.1f} %" if "fraction_of_reference" in r else ""
         compile_s = f"{r['compile_s']:.2f}" if "compile_s" in r else ""
+        device_mb = f"{r['device_peak_mb']:.0f}" if "device_peak_mb" in r else ""
         lines.append(f"| {r['case']} | {r['kind']} | {r['seconds']:.4f} | {compile_s} | {throughput} | "
-                     f"{gflops} | {frac} | {r['host_peak_rss_mb']:.0f} |")
+                     f"{gflops} | {frac} | {r['host_peak_rss_mb']:.0f} | {device_mb} |")
     return "\n".join(lines)
 
 
@@ -259,11 +294,21 @@ def main(argv=None):
     p.add_argument("--tiny", action="store_true", help="every case once at toy sizes")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cases", default="matmul,train,inference,loss,pipeline,eval")
+    p.add_argument("--render", metavar="JSON", help="print the table of a JSON written before")
     args = p.parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            print(markdown(json.load(f)))
+        return
     repeats = 1 if args.tiny else args.repeats
-    result = run(set(args.cases.split(",")), args.tiny, repeats, args.plot)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+
+    def write(result):
+        with open(args.out + ".tmp", "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(args.out + ".tmp", args.out)
+
+    result = run(set(args.cases.split(",")), args.tiny, repeats, args.plot, on_row=write)
+    write(result)
     print(markdown(result))
 
 

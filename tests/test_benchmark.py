@@ -19,11 +19,14 @@ def test_every_benchmark_case_runs_once(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     kinds = [r["kind"] for r in rows]
-    assert kinds.count("train step") == 5 and kinds.count("inference") == 6
+    assert kinds.count("train step") == 5 and kinds.count("inference") == 7
     assert kinds.count("loss (value + grad)") == 2 and kinds.count("input pipeline") == 2
     assert kinds.count("metrics per pair") == 1
     assert all(r["seconds"] > 0 and np.isfinite(r["seconds"]) for r in rows)
     assert plot.exists() and "| case |" in result.stdout
+    rendered = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+                               "--render", str(out)], capture_output=True, text=True, timeout=300)
+    assert rendered.stdout.count("\n| ") == len(rows) + 1  # the header and one line per case
 
 
 def test_the_benchmarks_patch_unfolding_loss_is_the_closed_form_loss():

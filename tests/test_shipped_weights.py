@@ -39,3 +39,11 @@ def test_fuse_cli_works_without_a_checkpoint(tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert np.asarray(Image.open(tmp_path / "f.png")).shape == (48, 64)
+
+
+def test_load_reads_an_exported_folder_like_load_exported():
+    ir, vis = synthetic_pair(7, 40, 56)
+    np.testing.assert_array_equal(fuse.load(fuse.SHIPPED_WEIGHTS)(ir, vis)["fused"],
+                                  fuse.load_exported()(ir, vis)["fused"])
+    with pytest.raises(fuse.InputError, match="no steps"):
+        fuse.load(fuse.SHIPPED_WEIGHTS, step=3)
