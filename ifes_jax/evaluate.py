@@ -1,8 +1,8 @@
 """Evaluation: a paper-style table (rows: metrics; columns: methods) over a folder of pairs.
 
 Methods are the classical baselines (`average`, `max`, `laplacian`, `target`), a trained model
-(`ckpt:PATH`, a workdir or checkpoint folder) or fused images made by any other tool
-(`dir:PATH`, matched to the pairs by file name). Colour visible images are evaluated on their
+(`ckpt:PATH`: a workdir, a checkpoint folder or a folder of exported weights) or fused images
+made by any other tool (`dir:PATH`, matched to the pairs by file name). Colour visible images are evaluated on their
 BT.601 Y channel. Writes `table.md`, `per_pair.csv`, `results.json` and `figure.png`.
 """
 from __future__ import annotations

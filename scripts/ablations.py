@@ -9,9 +9,8 @@ WORKDIR/VARIANT (its log in WORKDIR/VARIANT.log); running the script again resum
 variants. `--jobs` trains several at once (on a GPU they share the card). At `--time-limit` the
 runs still going are stopped with SIGTERM, which checkpoints them; a later call resumes them.
 The best checkpoint of each variant (by validation loss; of an unfinished one too, with a
-non-zero exit) is exported to
-WORKDIR/exports/VARIANT, which `scripts/evaluate.py --methods ckpt:WORKDIR/exports/VARIANT`
-and `scripts/fuse.py --checkpoint` read.
+non-zero exit) is exported to WORKDIR/exports/VARIANT, which `scripts/evaluate.py --methods
+ckpt:WORKDIR/exports/VARIANT` and `scripts/fuse.py --checkpoint` read.
 """
 import argparse
 import json
@@ -94,10 +93,16 @@ def main(argv=None):
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         sys.exit(f"error: unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
+    bad = [item for item in args.set if "=" not in item]
+    if bad:
+        sys.exit(f"error: --set {bad[0]}: expected KEY=VALUE")
     common = dict(item.split("=", 1) for item in args.set)
-    config = load_config(args.config, common)
-    for name in names:
-        load_config(args.config, common | VARIANTS[name])  # a bad override fails here, not later
+    try:
+        config = load_config(args.config, common)
+        for name in names:
+            load_config(args.config, common | VARIANTS[name])  # a bad override fails here, not later
+    except (KeyError, AttributeError, ValueError, TypeError) as exc:
+        sys.exit(f"error: {args.config}: bad override ({exc})")
     prepare_data(config)
     os.makedirs(args.workdir, exist_ok=True)
     deadline = None if args.time_limit is None else time.monotonic() + args.time_limit

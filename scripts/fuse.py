@@ -15,8 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint",
-                   help="a training workdir or checkpoint folder (default: the weights shipped "
-                        "with the package)")
+                   help="a training workdir, checkpoint folder or folder of exported weights "
+                        "(default: the weights shipped with the package)")
     p.add_argument("--ir", help="infrared image (one pair)")
     p.add_argument("--vis", help="visible image (one pair)")
     p.add_argument("--out", help="fused PNG (one pair)")
