@@ -165,6 +165,49 @@ def case_eval(height, width, repeats):
             "seconds": seconds, "compile_s": compile_s}
 
 
+def train_cases(tiny, gpu):
+    """{name: (config, crop, batch)} of the train-step cases."""
+    cases = {"quickstart 64² x4": (quickstart.get_config(), 64, 4)}
+    sizes = [(128, 1), (128, 8)] + ([(256, 8)] if gpu else [])  # the accelerator's target: 256² x8
+    for crop, batch in sizes:
+        for half in (False, True):
+            cfg = default.get_config()
+            cfg.half_precision = half
+            cases[f"default {crop}² x{batch} {'bf16' if half else 'f32'}"] = (cfg, crop, batch)
+    for remat in (False, True):  # memory: a 512² crop at full width, with and without remat
+        cfg = default.get_config()
+        cfg.model.remat = remat
+        cases["default 512² x1 f32" + (" remat" if remat else "")] = (cfg, 512, 1)
+    if tiny:
+        for name, (cfg, crop, batch) in cases.items():
+            small = quickstart.get_config()
+            small.half_precision, small.model.remat = cfg.half_precision, cfg.model.remat
+            cases[name] = (small, 16, min(batch, 2))
+    return cases
+
+
+def train_in_own_process(name, tiny, repeats, rates):
+    """One train-step case in a fresh process: it runs with the training XLA flags (as
+    scripts/train.py does), and its peak RSS is its own."""
+    import subprocess
+    import tempfile
+    from ifes_jax import xla_flags
+    env = dict(os.environ)
+    xla_flags.use_training_flags(env)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "row.json")
+        cmd = [sys.executable, os.path.abspath(__file__), "--train-case", name, "--out", out,
+               "--repeats", str(repeats), "--rates", json.dumps(rates)] + (["--tiny"] if tiny else [])
+        subprocess.run(cmd, env=env, check=True)
+        with open(out) as f:
+            return json.load(f) | {"xla_flags": env.get("XLA_FLAGS", "")}
+
+
+def one_train_case(name, tiny, repeats, rates):
+    cfg, crop, batch = train_cases(tiny, jax.devices()[0].platform == "gpu")[name]
+    return case_train(name, cfg, crop, batch, repeats, rates) | memory()
+
+
 class Rows(list):
     """The table's rows; each one added is also written out at once (`on_row`), so a run that
     is stopped keeps what it measured."""
@@ -191,23 +234,8 @@ def run(cases, tiny, repeats, plot, on_row=lambda rows: None):
     rows = Rows(lambda rows: on_row(head | {"rows": list(rows)}))
     q, d = quickstart.get_config(), default.get_config()
     if "train" in cases:
-        train_cases = [("quickstart 64² x4", q, 64, 4)]
-        for batch in (1, 8):
-            for half in (False, True):
-                cfg = default.get_config()
-                cfg.half_precision = half
-                train_cases.append((f"default 128² x{batch} {'bf16' if half else 'f32'}", cfg, 128, batch))
-        if gpu:  # the accelerator target: full width, 256² crops, batch 8
-            for half in (False, True):
-                cfg = default.get_config()
-                cfg.half_precision = half
-                train_cases.append((f"default 256² x8 {'bf16' if half else 'f32'}", cfg, 256, 8))
-        for name, cfg, crop, batch in train_cases:
-            if tiny:
-                cfg = quickstart.get_config()
-                cfg.half_precision = "bf16" in name
-                crop, batch = 16, min(batch, 2)
-            rows.append(case_train(name, cfg, crop, batch, repeats, rates) | memory())
+        for name in train_cases(tiny, gpu):
+            rows.append(train_in_own_process(name, tiny, repeats, rates))
     if "inference" in cases:
         sizes = [(480, 640), (1024, 1280), (2160, 3840)]
         scaling = []
@@ -295,7 +323,15 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cases", default="matmul,train,inference,loss,pipeline,eval")
     p.add_argument("--render", metavar="JSON", help="print the table of a JSON written before")
+    p.add_argument("--train-case", help=argparse.SUPPRESS)  # one train case, in a child process
+    p.add_argument("--rates", help=argparse.SUPPRESS)       # the parent's reference rates
     args = p.parse_args(argv)
+    if args.train_case:
+        row = one_train_case(args.train_case, args.tiny, 1 if args.tiny else args.repeats,
+                             json.loads(args.rates))
+        with open(args.out, "w") as f:
+            json.dump(row, f)
+        return
     if args.render:
         with open(args.render) as f:
             print(markdown(json.load(f)))

@@ -19,7 +19,7 @@ def test_every_benchmark_case_runs_once(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     kinds = [r["kind"] for r in rows]
-    assert kinds.count("train step") == 5 and kinds.count("inference") == 7
+    assert kinds.count("train step") == 7 and kinds.count("inference") == 7
     assert kinds.count("loss (value + grad)") == 2 and kinds.count("input pipeline") == 2
     assert kinds.count("metrics per pair") == 1
     assert all(r["seconds"] > 0 and np.isfinite(r["seconds"]) for r in rows)
