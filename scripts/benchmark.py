@@ -6,8 +6,10 @@ python scripts/benchmark.py [--out docs/benchmarks.json] [--plot docs/inference_
 Prints a Markdown table and writes JSON: per case the median of several timed repetitions after
 compilation, the compile time, throughput, achieved FLOP/s and its fraction of the reference
 rate (on CPU a large float32 matmul timed in the same run; on a GPU the card's dense peak),
-and peak memory (host RSS; device memory where the backend reports it). `--tiny` runs every
-case once at toy sizes (the test suite does, so the script cannot rot).
+and peak memory (host RSS; device memory where the backend reports it). Each train-step case
+runs in its own process, with the XLA flags that scripts/train.py uses (ifes_jax/xla_flags.py),
+so its peak RSS is its own. `--tiny` runs every case once at toy sizes (the test suite does, so
+the script cannot rot); `--render JSON` prints the table of an earlier run.
 """
 import argparse
 import json
