@@ -114,7 +114,8 @@ def main(argv=None):
             workdir = os.path.join(args.workdir, name)
             log = open(os.path.join(args.workdir, f"{name}.log"), "a")
             cmd = train_command(args.config, workdir, common | VARIANTS[name])
-            running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log)
+            # in this process's directory, so relative paths mean the same to every run
+            running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
             print(f"started {name}: {' '.join(cmd[1:])}", flush=True)
         time.sleep(1)
         if deadline is not None and time.monotonic() > deadline:
@@ -135,7 +136,7 @@ def main(argv=None):
             continue
         out = os.path.join(args.workdir, "exports", name)
         subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export_weights.py"),
-                        "--workdir", workdir, "--out", out], check=True, cwd=ROOT)
+                        "--workdir", workdir, "--out", out], check=True)
         summary[name] = {"finished": done, "export": out}
     print(json.dumps(summary, indent=2))
     return 0 if all(v["finished"] for v in summary.values()) else 1
