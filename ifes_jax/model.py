@@ -66,6 +66,12 @@ def conv3x3(p, x, dtype):
     return y + p["bias"].astype(dtype)
 
 
+def side_by_side(p1, p2):
+    """The parameters of one conv that computes two convs of the same input at once: its output
+    is cat(conv(x, p1), conv(x, p2)) (kernels stacked on the output axis)."""
+    return {k: jnp.concatenate([p1[k], p2[k]], axis=-1) for k in ("kernel", "bias")}
+
+
 def remat(fn):
     """`fn(params, *inputs)` that keeps only its inputs for the backward pass and recomputes the
     rest there. Unlike `jax.checkpoint`, whose optimisation barriers XLA CPU drops (it then
@@ -186,11 +192,15 @@ class IFESNet(nn.Module):
         fused = stem(pick("ivif_1", "ivif_2"), ir_BHW1, vis_BHW1)  # F_1
 
         def stage(n, p, fused, ir_feat, vis_feat, previous):
-            ir_in, vis_in = (fused, fused) if self.interactive else (ir_feat, vis_feat)
-            ir_feat = convs(p, ir_in, [f"shfe_ir_{n}"])
-            vis_feat = convs(p, vis_in, [f"shfe_vis_{n}"])
-            delivered = ([ir_feat, vis_feat] if self.interactive
-                         else [fused + ir_feat, fused + vis_feat])
+            if self.interactive:  # both SHFENet layers read F_n: one conv with both kernels
+                both = convs({"shfe": side_by_side(p[f"shfe_ir_{n}"], p[f"shfe_vis_{n}"])},
+                             fused, ["shfe"])  # cat(F'_n, F''_n)
+                ir_feat, vis_feat = jnp.split(both, 2, axis=-1)
+                delivered = [both]
+            else:
+                ir_feat = convs(p, ir_feat, [f"shfe_ir_{n}"])
+                vis_feat = convs(p, vis_feat, [f"shfe_vis_{n}"])
+                delivered = [fused + ir_feat, fused + vis_feat]
             stage_input = jnp.concatenate(delivered + (previous if self.hierarchical_connection else []), -1)
             if n < len(widths):  # IVIFNet's next pair: F_{n+1}
                 stage_input = convs(p, stage_input, [f"ivif_{2 * n + 1}", f"ivif_{2 * n + 2}"])

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ifes_jax import xla_flags
 from ifes_jax.errors import ConfigError
 
 AXIS = "data"
@@ -106,13 +107,15 @@ def make_runner(kind: str, per_device_step: Callable[..., Any]) -> Runner:
     mesh = Mesh(np.asarray(jax.devices()), (AXIS,))
     step = functools.partial(per_device_step, axis_name=AXIS)
     if kind == "pmap":
-        wrapped = jax.pmap(step, axis_name=AXIS, donate_argnums=0)
+        mapped = jax.pmap(step, axis_name=AXIS)
     elif kind == "shard_map":
         # check_vma=False: the step averages gradients itself (pmean), as under pmap; with
         # varying-axis checks on, autodiff would also psum the gradients of the replicated
         # parameters.
-        wrapped = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)),
-                                        out_specs=(P(), P()), check_vma=False), donate_argnums=0)
+        mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()),
+                               check_vma=False)
     else:
         raise ValueError(f"train.parallel must be one of {KINDS}, got {kind!r}")
+    # pmap is jit over shard_map in this JAX: the outer jit gives both the compiler options
+    wrapped = jax.jit(mapped, donate_argnums=0, compiler_options=xla_flags.training_compiler_options())
     return Runner(kind, wrapped, mesh)

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from ifes_jax import checkpoint, losses, model as model_lib, parallel
+from ifes_jax import checkpoint, losses, model as model_lib, parallel, xla_flags
 from ifes_jax.data import pipeline, synthetic
 from ifes_jax.data.images import write_png
 from ifes_jax.errors import ConfigError
@@ -104,8 +104,10 @@ def per_device_step(config):
 
 
 def make_train_step(config):
-    """The jit-compiled single-device train step for `config`, donating the old state."""
-    return jax.jit(per_device_step(config), donate_argnums=0)
+    """The jit-compiled single-device train step for `config`, donating the old state (with
+    the training compiler options, `xla_flags`)."""
+    return jax.jit(per_device_step(config), donate_argnums=0,
+                   compiler_options=xla_flags.training_compiler_options())
 
 
 def fuse_fn(apply_fn):

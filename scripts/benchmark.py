@@ -1,17 +1,21 @@
 """Benchmarks: how fast every part of ifes-jax runs, and how close to the hardware.
 
 python scripts/benchmark.py [--out docs/benchmarks.json] [--plot docs/inference_scaling.png]
-                            [--tiny] [--repeats N] [--cases train,inference,loss,pipeline,eval,matmul]
+                            [--tiny] [--repeats N]
+                            [--cases train,inference,convs,loss,pipeline,eval,matmul]
 
 Prints a Markdown table and writes JSON: per case the median of several timed repetitions after
 compilation, the compile time, throughput, achieved FLOP/s and its fraction of the reference
 rate (on CPU a large float32 matmul timed in the same run; on a GPU the card's dense peak),
 and peak memory (host RSS; device memory where the backend reports it). Each train-step case
-runs in its own process, with the XLA flags that scripts/train.py uses (ifes_jax/xla_flags.py),
-so its peak RSS is its own. `--tiny` runs every case once at toy sizes (the test suite does, so
-the script cannot rot); `--render JSON` prints the table of an earlier run.
+runs in its own process (so its peak RSS is its own) and is compiled as training compiles it
+(the compiler options of ifes_jax/xla_flags.py). On a CPU, `convs` times every convolution of
+the network alone (forward, input and weight gradient) on both convolution paths. `--tiny`
+runs every case once at toy sizes (the test suite does, so the script cannot rot); `--render
+JSON` prints the table of an earlier run.
 """
 import argparse
+import functools
 import json
 import os
 import resource
@@ -110,6 +114,49 @@ def case_inference(name, config, height, width, repeats, rates, tile=None, half=
             "fraction_of_reference": flops / seconds / rates["bfloat16" if half else "float32"]}
 
 
+CONV_PATHS = {"YNNPACK": {}, "XLA": None}  # None: the train step's options (ifes_jax/xla_flags.py)
+
+
+def case_convs(name, config, crop, batch, repeats, rates):
+    """Every convolution of the network alone, forward, input gradient and weight gradient, on
+    each CPU convolution path (compiled with its own options, in this process): the summed
+    time per kind and path over the network's layers, and each distinct shape's rate."""
+    from ifes_jax import xla_flags
+    net = model_lib.from_config(config.model)
+    counts = {}
+    for shape in net.layers().values():
+        counts[shape] = counts.get(shape, 0) + 1
+    conv = functools.partial(jax.lax.conv_general_dilated, window_strides=(1, 1), padding="SAME",
+                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    kinds = {"forward": lambda x, w, g: conv(x, w),
+             "input grad": lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0],
+             "weight grad": lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]}
+    rng = np.random.default_rng(0)
+    rows = []
+    for path, options in CONV_PATHS.items():
+        options = xla_flags.training_compiler_options() if options is None else options
+        totals, shapes = dict.fromkeys(kinds, 0.0), []
+        for (cin, cout), count in counts.items():
+            x = jnp.asarray(rng.standard_normal((batch, crop, crop, cin)), jnp.float32)
+            w = jnp.asarray(rng.standard_normal((3, 3, cin, cout)), jnp.float32)
+            g = jnp.asarray(rng.standard_normal((batch, crop, crop, cout)), jnp.float32)
+            flops = 2 * 9 * cin * cout * batch * crop * crop
+            shape = {"c_in": cin, "c_out": cout, "count": count}
+            for kind, fn in kinds.items():
+                compiled = jax.jit(fn).lower(x, w, g).compile(compiler_options=options)
+                _, seconds = timed(lambda: compiled(x, w, g), repeats)
+                totals[kind] += count * seconds
+                shape[kind + " GFLOP/s"] = flops / seconds / 1e9
+            shapes.append(shape)
+        flops = sum(2 * 9 * cin * cout * n for (cin, cout), n in counts.items()) * batch * crop * crop
+        for kind, seconds in totals.items():
+            rows.append({"case": f"{name} convs, {kind} ({path})", "kind": "convolutions",
+                         "seconds": seconds, "flop_per_s": flops / seconds,
+                         "fraction_of_reference": flops / seconds / rates["float32"],
+                         "shapes": shapes})
+    return rows
+
+
 def naive_window_loss(fused, ir, vis, k=11, xi=1.7, c=0.03 ** 2, eps=1e-6):
     """The window-mode L_F by unfolding every k x k patch (the definition, O(H·W·k²) memory):
     kept here as the baseline the closed form is measured against."""
@@ -189,25 +236,23 @@ def train_cases(tiny, gpu):
 
 
 def train_in_own_process(name, tiny, repeats, rates):
-    """One train-step case in a fresh process: it runs with the training XLA flags (as
-    scripts/train.py does), and its peak RSS is its own."""
+    """One train-step case in a fresh process, so that its peak RSS is its own."""
     import subprocess
     import tempfile
-    from ifes_jax import xla_flags
-    env = dict(os.environ)
-    xla_flags.use_training_flags(env)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "row.json")
         cmd = [sys.executable, os.path.abspath(__file__), "--train-case", name, "--out", out,
                "--repeats", str(repeats), "--rates", json.dumps(rates)] + (["--tiny"] if tiny else [])
-        subprocess.run(cmd, env=env, check=True)
+        subprocess.run(cmd, check=True)
         with open(out) as f:
-            return json.load(f) | {"xla_flags": env.get("XLA_FLAGS", "")}
+            return json.load(f)
 
 
 def one_train_case(name, tiny, repeats, rates):
+    from ifes_jax import xla_flags
     cfg, crop, batch = train_cases(tiny, jax.devices()[0].platform == "gpu")[name]
-    return case_train(name, cfg, crop, batch, repeats, rates) | memory()
+    return (case_train(name, cfg, crop, batch, repeats, rates) | memory()
+            | {"compiler_options": xla_flags.training_compiler_options()})
 
 
 class Rows(list):
@@ -258,6 +303,11 @@ def run(cases, tiny, repeats, plot, on_row=lambda rows: None):
                                        half=True) | memory())
         if plot:
             plot_scaling(scaling, plot)
+    if "convs" in cases and jax.devices()[0].platform == "cpu":  # the two CPU paths
+        for label, cfg, crop, batch in (("quickstart 64² x4", q, 64, 4), ("default 128² x1", d, 128, 1)):
+            if tiny:
+                cfg, crop, batch = q, 8, 1
+            rows.extend(r | memory() for r in case_convs(label, cfg, crop, batch, repeats, rates))
     if "loss" in cases:
         for size in ((32,) if tiny else (128, 256, 512)):
             rows.extend(r | memory() for r in case_loss(size, repeats))
@@ -323,7 +373,7 @@ def main(argv=None):
     p.add_argument("--plot", default="inference_scaling.png", help="log-log plot of inference time")
     p.add_argument("--tiny", action="store_true", help="every case once at toy sizes")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--cases", default="matmul,train,inference,loss,pipeline,eval")
+    p.add_argument("--cases", default="matmul,train,inference,convs,loss,pipeline,eval")
     p.add_argument("--render", metavar="JSON", help="print the table of a JSON written before")
     p.add_argument("--train-case", help=argparse.SUPPRESS)  # one train case, in a child process
     p.add_argument("--rates", help=argparse.SUPPRESS)       # the parent's reference rates

@@ -5,7 +5,7 @@ first step). Before timing it checks that its forward pass and loss equal the JA
 the same parameters, so the two benchmarks time the same computation.
 
 PyTorch is not a dependency of ifes-jax: pip install torch, then
-python scripts/benchmark_torch.py [--out torch.json] [--repeats 3] [--cases quickstart,default]
+python scripts/benchmark_torch.py [--out torch.json] [--repeats 3] [--cases quickstart,default,convs]
 """
 import argparse
 import json
@@ -138,11 +138,49 @@ def case(name, config, crop, batch, bf16, repeats):
             "images_per_s": batch / seconds}
 
 
+def case_convs(name, config, crop, batch, repeats):
+    """Every convolution of the network alone (NCHW, as a PyTorch model runs them): forward,
+    input gradient and weight gradient, summed over the layer list like scripts/benchmark.py's
+    `convs` case."""
+    from ifes_jax import model as model_lib
+    counts = {}
+    for shape in model_lib.from_config(config.model).layers().values():
+        counts[shape] = counts.get(shape, 0) + 1
+    totals = {"forward": 0.0, "input grad": 0.0, "weight grad": 0.0}
+    shapes = []
+    for (cin, cout), count in counts.items():
+        x, w = torch.randn(batch, cin, crop, crop), torch.randn(cout, cin, 3, 3)
+        g = torch.randn(batch, cout, crop, crop)
+        grad = lambda mask: torch.ops.aten.convolution_backward(  # noqa: E731
+            g, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask)
+        kinds = {"forward": lambda: F.conv2d(x, w, padding=1),
+                 "input grad": lambda: grad([True, False, False]),
+                 "weight grad": lambda: grad([False, True, False])}
+        flops = 2 * 9 * cin * cout * batch * crop * crop
+        shape = {"c_in": cin, "c_out": cout, "count": count}
+        with torch.no_grad():
+            for kind, fn in kinds.items():
+                fn()
+                runs = []
+                for _ in range(repeats):
+                    t = time.perf_counter()
+                    fn()
+                    runs.append(time.perf_counter() - t)
+                seconds = statistics.median(runs)
+                totals[kind] += count * seconds
+                shape[kind + " GFLOP/s"] = flops / seconds / 1e9
+        shapes.append(shape)
+    flops = sum(2 * 9 * cin * cout * n for (cin, cout), n in counts.items()) * batch * crop * crop
+    return [{"case": f"{name} convs, {kind}", "kind": "convolutions (PyTorch eager)",
+             "seconds": seconds, "gflop_per_s": flops / seconds / 1e9, "shapes": shapes}
+            for kind, seconds in totals.items()]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmark_torch.json")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--cases", default="quickstart,default")
+    p.add_argument("--cases", default="quickstart,default,convs")
     args = p.parse_args(argv)
     rows = []
     if "quickstart" in args.cases:
@@ -152,13 +190,19 @@ def main(argv=None):
             for bf16 in (False, True):
                 rows.append(case(f"default 128² x{batch} {'bf16' if bf16 else 'f32'}",
                                  default.get_config(), 128, batch, bf16, args.repeats))
+    if "convs" in args.cases:
+        rows += case_convs("quickstart 64² x4", quickstart.get_config(), 64, 4, 5 * args.repeats)
+        rows += case_convs("default 128² x1", default.get_config(), 128, 1, args.repeats)
     result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"PyTorch {torch.__version__} eager, {torch.get_num_threads()} threads\n")
-    print("| case | median s | first s | img/s |\n|---|---|---|---|")
+    print("| case | median s | first s | img/s or GFLOP/s |\n|---|---|---|---|")
     for r in rows:
-        print(f"| {r['case']} | {r['seconds']:.4f} | {r['first_s']:.2f} | {r['images_per_s']:.2f} |")
+        if "gflop_per_s" in r:
+            print(f"| {r['case']} | {r['seconds']:.4f} | | {r['gflop_per_s']:.0f} GFLOP/s |")
+        else:
+            print(f"| {r['case']} | {r['seconds']:.4f} | {r['first_s']:.2f} | {r['images_per_s']:.2f} img/s |")
 
 
 if __name__ == "__main__":

@@ -9,10 +9,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ifes_jax import xla_flags  # noqa: E402
-
-xla_flags.use_training_flags()  # before JAX starts its backend
-
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 

@@ -20,10 +20,7 @@ from tests.test_train import tiny_config
 def _start(workdir, *overrides):
     """scripts/train.py in the background, its output in a log file (a full pipe would block it)."""
     log = open(f"{workdir}.log", "w")
-    # the default convolution path, as in this process: runs compared bit for bit must use one
-    # (scripts/train.py would otherwise switch to its training XLA flags, ifes_jax/xla_flags.py)
-    proc = subprocess.Popen(_train_cmd(workdir, *overrides), cwd=ROOT,
-                            env=_env(IFES_JAX_DEFAULT_XLA=1), stdout=log,
+    proc = subprocess.Popen(_train_cmd(workdir, *overrides), cwd=ROOT, env=_env(), stdout=log,
                             stderr=subprocess.STDOUT, text=True)
     proc.log_path = log.name
     return proc

@@ -38,6 +38,56 @@ def test_every_variant_runs_on_odd_sizes(num_stages, hc, interactive):
         assert v.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(v)))
 
 
+def _np_conv(x, p):
+    """A 3×3 SAME cross-correlation plus bias, as nine shifted matrix products (float64)."""
+    height, width = x.shape[1:3]
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = sum(padded[:, i:i + height, j:j + width] @ np.asarray(p["kernel"], np.float64)[i, j]
+              for i in range(3) for j in range(3))
+    return out + np.asarray(p["bias"], np.float64)
+
+
+def _np_ifesnet(params, ir, vis, num_stages, hc, interactive):
+    """IFESNet written out conv by conv from eqs. 1–5 (NumPy, float64), one SHFENet conv per
+    stream and stage: the reference for the model, which runs both streams' convs as one."""
+    relu = lambda x: np.maximum(x, 0.0)  # noqa: E731
+    sigmoid = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
+    conv = lambda name, x: relu(_np_conv(x, params[name]))  # noqa: E731
+    cat = lambda *xs: np.concatenate(xs, axis=-1)  # noqa: E731
+    f = conv("ivif_2", conv("ivif_1", cat(ir, vis)))  # F_1
+    a, b, previous = ir, vis, []
+    for n in range(1, num_stages + 1):
+        if interactive:  # F'_n = C(F_n), F''_n = C(F_n)
+            a, b = conv(f"shfe_ir_{n}", f), conv(f"shfe_vis_{n}", f)
+            delivered = [a, b]
+        else:  # F'_n = C(F'_{n-1}); IVIFNet adds them to its own stream
+            a, b = conv(f"shfe_ir_{n}", a), conv(f"shfe_vis_{n}", b)
+            delivered = [f + a, f + b]
+        x = cat(*delivered, *(previous if hc else []))
+        previous = delivered
+        f = conv(f"ivif_{2 * n + 2}", conv(f"ivif_{2 * n + 1}", x)) if n < num_stages else x
+    w = sigmoid(_np_conv(conv("head_3", conv("head_2", conv("head_1", f))), params["head_weights"]))
+    recon = {s: sigmoid(_np_conv(conv(f"recon_{s}_2", conv(f"recon_{s}_1", x)), params[f"recon_{s}_out"]))
+             for s, x in (("ir", a), ("vis", b))}
+    return {"fused": w[..., :1] * ir + w[..., 1:] * vis, "weights": w,
+            "recon_ir": recon["ir"], "recon_vis": recon["vis"]}
+
+
+@pytest.mark.parametrize("num_stages,hc,interactive",
+                         [(3, False, True), (2, True, True), (3, False, False), (4, True, False)])
+def test_forward_matches_a_numpy_reference(num_stages, hc, interactive):
+    net = IFESNet(num_stages=num_stages, hierarchical_connection=hc, interactive=interactive,
+                  width_multiplier=0.0625)
+    rng = np.random.default_rng(5)
+    ir = rng.uniform(size=(2, 11, 9, 1)).astype(np.float32)
+    vis = rng.uniform(size=(2, 11, 9, 1)).astype(np.float32)
+    params, out = _init_apply(net, ir, vis)
+    expected = _np_ifesnet(jax.device_get(params), ir.astype(np.float64), vis.astype(np.float64),
+                           num_stages, hc, interactive)
+    for key, value in expected.items():
+        np.testing.assert_allclose(out[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+
+
 @pytest.mark.parametrize("activation", ["sigmoid", "linear", "softmax"])
 def test_fused_image_is_weighted_sum_of_sources(activation):
     net = IFESNet(width_multiplier=0.0625, weight_activation=activation)

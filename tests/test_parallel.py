@@ -84,16 +84,19 @@ def test_two_processes_train_like_one_process_over_the_same_global_batch(tmp_pat
 
 
 def test_a_run_saved_on_two_devices_resumes_on_one(tmp_path):
-    workdir = tmp_path / "run"
-    result = subprocess.run(_train_cmd(workdir, "--config.train.steps=4",
-                                       "--config.train.checkpoint_every=2"),
-                            cwd=ROOT, env=_env(2), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    resumed = train.train_and_evaluate(tiny_config(steps=6, checkpoint_every=2), str(workdir))
-    straight = train.train_and_evaluate(tiny_config(steps=6, checkpoint_every=2),
-                                        str(tmp_path / "straight"))
-    assert int(resumed.step) == 6
-    for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+    runs = {"resumed": 4, "straight": 6}  # steps on two devices
+    for name, steps in runs.items():
+        result = subprocess.run(_train_cmd(tmp_path / name, f"--config.train.steps={steps}",
+                                           "--config.train.checkpoint_every=2"),
+                                cwd=ROOT, env=_env(2), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    resumed = train.train_and_evaluate(tiny_config(steps=6, checkpoint_every=2),
+                                       str(tmp_path / "resumed"))
+    straight, step = _final_params(tmp_path / "straight", tiny_config())
+    assert int(resumed.step) == step == 6
+    # against the same run on two devices throughout (a one-device run from the start may
+    # differ more: the loss's max/selection kinks can flip under a different summation order)
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed.params)):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 

@@ -15,7 +15,7 @@ config.optim.learning_rate = 1e-3
 ir, vis = synthetic.synthetic_pairs(0, 4, 32, 32)
 batch = {"ir": ir[..., None], "vis": vis[..., None]}
 fresh = lambda: train.create_train_state(config, jax.random.key(0), 32)
-reference, ref_metrics = jax.jit(train.per_device_step(config))(fresh(), batch)
+reference, ref_metrics = train.make_train_step(config)(fresh(), batch)  # same compiler options
 out = {"devices": jax.device_count()}
 for kind in ("shard_map", "pmap"):
     runner = parallel.make_runner(kind, train.per_device_step(config))
