@@ -107,6 +107,19 @@ def jax_reference(config, crop, batch):
     return net, jax.device_get(params), np.asarray(ir), np.asarray(vis), np.asarray(out["fused"]), float(loss)
 
 
+def timed(fn, repeats):
+    """(seconds of a first call, median seconds of `repeats` further calls)."""
+    t = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t)
+    return first, statistics.median(runs)
+
+
 def case(name, config, crop, batch, bf16, repeats):
     jnet, params, ir, vis, fused_ref, loss_ref = jax_reference(config, crop, batch)
     net = TorchIFESNet(jnet, params)
@@ -125,15 +138,7 @@ def case(name, config, crop, batch, bf16, repeats):
         total_loss(net, ir_t, vis_t, bf16).backward()
         opt.step()
 
-    t = time.perf_counter()
-    step()
-    first = time.perf_counter() - t
-    runs = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        runs.append(time.perf_counter() - t)
-    seconds = statistics.median(runs)
+    first, seconds = timed(step, repeats)
     return {"case": name, "kind": "train step (PyTorch eager)", "seconds": seconds, "first_s": first,
             "images_per_s": batch / seconds}
 
@@ -160,13 +165,7 @@ def case_convs(name, config, crop, batch, repeats):
         shape = {"c_in": cin, "c_out": cout, "count": count}
         with torch.no_grad():
             for kind, fn in kinds.items():
-                fn()
-                runs = []
-                for _ in range(repeats):
-                    t = time.perf_counter()
-                    fn()
-                    runs.append(time.perf_counter() - t)
-                seconds = statistics.median(runs)
+                _, seconds = timed(fn, repeats)
                 totals[kind] += count * seconds
                 shape[kind + " GFLOP/s"] = flops / seconds / 1e9
         shapes.append(shape)
