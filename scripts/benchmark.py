@@ -119,8 +119,10 @@ CONV_PATHS = {"YNNPACK": {}, "XLA": None}  # None: the train step's options (ife
 
 def case_convs(name, config, crop, batch, repeats, rates):
     """Every convolution of the network alone, forward, input gradient and weight gradient, on
-    each CPU convolution path (compiled with its own options, in this process): the summed
-    time per kind and path over the network's layers, and each distinct shape's rate."""
+    each CPU convolution path (compiled with its own options, in this process), and on XLA's
+    path the weight gradient over image tiles that training uses (`model.weight_grad_batch`):
+    the summed time per kind and path over the network's layers, and each distinct shape's
+    rate."""
     from ifes_jax import xla_flags
     net = model_lib.from_config(config.model)
     counts = {}
@@ -147,6 +149,13 @@ def case_convs(name, config, crop, batch, repeats, rates):
                 _, seconds = timed(lambda: compiled(x, w, g), repeats)
                 totals[kind] += count * seconds
                 shape[kind + " GFLOP/s"] = flops / seconds / 1e9
+            if path == "XLA" and config.model.weight_grad_batch:  # the training default on a CPU
+                tiles = -(-config.model.weight_grad_batch // batch)
+                compiled = jax.jit(lambda x, g: model_lib.weight_gradient_by_tiles(x, g, tiles)).lower(
+                    x, g).compile(compiler_options=options)
+                _, seconds = timed(lambda: compiled(x, g), repeats)
+                totals["weight grad, tiled"] = totals.get("weight grad, tiled", 0.0) + count * seconds
+                shape["weight grad, tiled GFLOP/s"] = flops / seconds / 1e9
             shapes.append(shape)
         flops = sum(2 * 9 * cin * cout * n for (cin, cout), n in counts.items()) * batch * crop * crop
         for kind, seconds in totals.items():
