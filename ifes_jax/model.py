@@ -60,13 +60,14 @@ class ConvParams(nn.Module):
                                    self.param_dtype)}
 
 
-def _conv(x, kernel, padding="SAME"):
+def convolve(x, kernel, padding="SAME"):
+    """Stride-1 convolution (cross-correlation) of NHWC `x` with an HWIO `kernel`."""
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def weight_gradient_by_tiles(x, cotangent, tiles_per_image):
-    """∂L/∂kernel of `_conv(x, kernel)` given ∂L/∂output, by XLA's own weight-gradient
+    """∂L/∂kernel of `convolve(x, kernel)` given ∂L/∂output, by XLA's own weight-gradient
     convolution over about `tiles_per_image` tiles of each image (each tile with its 1-pixel
     border) stacked on the batch axis: the same sum over pixels, but XLA CPU runs a weight
     gradient over many small images 1.3–4× faster than over a few large ones
@@ -85,21 +86,21 @@ def weight_gradient_by_tiles(x, cotangent, tiles_per_image):
     g_tiles = cotangent.reshape(b, rows, th, cols, tw, cout).transpose(0, 1, 3, 2, 4, 5)
     g_tiles = g_tiles.reshape(b * rows * cols, th, tw, cout)
     zeros = jnp.zeros((3, 3, cin, cout), x.dtype)
-    return jax.vjp(lambda k: _conv(x_tiles, k, "VALID"), zeros)[1](g_tiles)[0]
+    return jax.vjp(lambda k: convolve(x_tiles, k, "VALID"), zeros)[1](g_tiles)[0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv_tiled_weight_grad(x, kernel, tiles_per_image):
-    return _conv(x, kernel)
+    return convolve(x, kernel)
 
 
 def _conv_tiled_forward(x, kernel, tiles_per_image):
-    return _conv(x, kernel), (x, kernel)
+    return convolve(x, kernel), (x, kernel)
 
 
 def _conv_tiled_backward(tiles_per_image, saved, cotangent):
     x, kernel = saved
-    dx = jax.vjp(lambda x: _conv(x, kernel), x)[1](cotangent)[0]
+    dx = jax.vjp(lambda x: convolve(x, kernel), x)[1](cotangent)[0]
     return dx, weight_gradient_by_tiles(x, cotangent, tiles_per_image)
 
 
@@ -109,13 +110,19 @@ _conv_tiled_weight_grad.defvjp(_conv_tiled_forward, _conv_tiled_backward)
 MIN_TILES = 4  # fewer tiles per image do not pay for their copies (2 tiles: +3.5 % per step)
 
 
+def weight_grad_tiles(weight_grad_batch, batch):
+    """Tiles per image for `weight_gradient_by_tiles` at this batch size, or 0 (XLA's own)."""
+    tiles = -(-weight_grad_batch // batch)
+    return tiles if tiles >= MIN_TILES else 0
+
+
 def conv3x3(p, x, dtype, weight_grad_batch=0):
     """3×3, stride-1, SAME convolution of NHWC `x` in `dtype`, plus bias. With a batch at
     least `MIN_TILES` times smaller than `weight_grad_batch`, the kernel's gradient is computed
     over about `weight_grad_batch` image tiles (`weight_gradient_by_tiles`; the same values)."""
     x, kernel = x.astype(dtype), p["kernel"].astype(dtype)
-    tiles = -(-weight_grad_batch // x.shape[0])
-    y = _conv_tiled_weight_grad(x, kernel, tiles) if tiles >= MIN_TILES else _conv(x, kernel)
+    tiles = weight_grad_tiles(weight_grad_batch, x.shape[0])
+    y = _conv_tiled_weight_grad(x, kernel, tiles) if tiles else convolve(x, kernel)
     return y + p["bias"].astype(dtype)
 
 

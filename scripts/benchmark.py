@@ -15,7 +15,7 @@ runs every case once at toy sizes (the test suite does, so the script cannot rot
 JSON` prints the table of an earlier run.
 """
 import argparse
-import functools
+import collections
 import json
 import os
 import resource
@@ -124,12 +124,8 @@ def case_convs(name, config, crop, batch, repeats, rates):
     the summed time per kind and path over the network's layers, and each distinct shape's
     rate."""
     from ifes_jax import xla_flags
-    net = model_lib.from_config(config.model)
-    counts = {}
-    for shape in net.layers().values():
-        counts[shape] = counts.get(shape, 0) + 1
-    conv = functools.partial(jax.lax.conv_general_dilated, window_strides=(1, 1), padding="SAME",
-                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    counts = collections.Counter(model_lib.from_config(config.model).layers().values())
+    conv = model_lib.convolve
     kinds = {"forward": lambda x, w, g: conv(x, w),
              "input grad": lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0],
              "weight grad": lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]}
@@ -149,8 +145,8 @@ def case_convs(name, config, crop, batch, repeats, rates):
                 _, seconds = timed(lambda: compiled(x, w, g), repeats)
                 totals[kind] += count * seconds
                 shape[kind + " GFLOP/s"] = flops / seconds / 1e9
-            if path == "XLA" and config.model.weight_grad_batch:  # the training default on a CPU
-                tiles = -(-config.model.weight_grad_batch // batch)
+            tiles = model_lib.weight_grad_tiles(config.model.weight_grad_batch, batch)
+            if path == "XLA" and tiles:  # what training does on a CPU
                 compiled = jax.jit(lambda x, g: model_lib.weight_gradient_by_tiles(x, g, tiles)).lower(
                     x, g).compile(compiler_options=options)
                 _, seconds = timed(lambda: compiled(x, g), repeats)

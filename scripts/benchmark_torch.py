@@ -8,6 +8,7 @@ PyTorch is not a dependency of ifes-jax: pip install torch, then
 python scripts/benchmark_torch.py [--out torch.json] [--repeats 3] [--cases quickstart,default,convs]
 """
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -148,9 +149,7 @@ def case_convs(name, config, crop, batch, repeats):
     input gradient and weight gradient, summed over the layer list like scripts/benchmark.py's
     `convs` case."""
     from ifes_jax import model as model_lib
-    counts = {}
-    for shape in model_lib.from_config(config.model).layers().values():
-        counts[shape] = counts.get(shape, 0) + 1
+    counts = collections.Counter(model_lib.from_config(config.model).layers().values())
     totals = {"forward": 0.0, "input grad": 0.0, "weight grad": 0.0}
     shapes = []
     for (cin, cout), count in counts.items():
