@@ -3,6 +3,7 @@
 python scripts/benchmark.py [--out docs/benchmarks.json] [--plot docs/inference_scaling.png]
                             [--tiny] [--repeats N]
                             [--cases train,inference,convs,loss,pipeline,eval,matmul]
+                            [--conv-backend auto|xla|onednn]
 
 Prints a Markdown table and writes JSON: per case the median of several timed repetitions after
 compilation, the compile time, throughput, achieved FLOP/s and its fraction of the reference
@@ -10,7 +11,8 @@ rate (on CPU a large float32 matmul timed in the same run; on a GPU the card's d
 and peak memory (host RSS; device memory where the backend reports it). Each train-step case
 runs in its own process (so its peak RSS is its own) and is compiled as training compiles it
 (the compiler options of ifes_jax/xla_flags.py). On a CPU, `convs` times every convolution of
-the network alone (forward, input and weight gradient) on both convolution paths. `--tiny`
+the network alone (forward, input and weight gradient) on XLA's two convolution paths and on
+oneDNN's (`model.conv_backend`; the train and inference cases use `--conv-backend`). `--tiny`
 runs every case once at toy sizes (the test suite does, so the script cannot rot); `--render
 JSON` prints the table of an earlier run.
 """
@@ -114,25 +116,33 @@ def case_inference(name, config, height, width, repeats, rates, tile=None, half=
             "fraction_of_reference": flops / seconds / rates["bfloat16" if half else "float32"]}
 
 
-CONV_PATHS = {"YNNPACK": {}, "XLA": None}  # None: the train step's options (ifes_jax/xla_flags.py)
+# XLA's two CPU paths by compiler options (None: the train step's, ifes_jax/xla_flags.py), and
+# oneDNN through the FFI (ifes_jax/onednn_conv.py), where it builds
+CONV_PATHS = {"YNNPACK": {}, "XLA": None, "oneDNN": "onednn"}
 
 
 def case_convs(name, config, crop, batch, repeats, rates):
     """Every convolution of the network alone, forward, input gradient and weight gradient, on
-    each CPU convolution path (compiled with its own options, in this process), and on XLA's
-    path the weight gradient over image tiles that training uses (`model.weight_grad_batch`):
+    each CPU convolution path (XLA's two compiled with their own options, in this process, and
+    oneDNN's), and on XLA's path the weight gradient over image tiles that XLA training uses
+    (`model.weight_grad_batch`):
     the summed time per kind and path over the network's layers, and each distinct shape's
     rate."""
-    from ifes_jax import xla_flags
+    from ifes_jax import onednn_conv, xla_flags
     counts = collections.Counter(model_lib.from_config(config.model).layers().values())
-    conv = model_lib.convolve
-    kinds = {"forward": lambda x, w, g: conv(x, w),
-             "input grad": lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0],
-             "weight grad": lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]}
     rng = np.random.default_rng(0)
     rows = []
     for path, options in CONV_PATHS.items():
-        options = xla_flags.training_compiler_options() if options is None else options
+        if options == "onednn" and onednn_conv.unavailable():
+            continue
+        conv = model_lib.convolve
+        if options == "onednn":  # with a zero bias (its gradient comes with the kernel's)
+            conv = lambda x, w: onednn_conv.conv3x3(x, w, jnp.zeros(w.shape[3:], w.dtype))  # noqa: E731
+        kinds = {"forward": lambda x, w, g, conv=conv: conv(x, w),
+                 "input grad": lambda x, w, g, conv=conv: jax.vjp(lambda x: conv(x, w), x)[1](g)[0],
+                 "weight grad": lambda x, w, g, conv=conv: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]}
+        options = {} if options == "onednn" else (
+            xla_flags.training_compiler_options() if options is None else options)
         totals, shapes = dict.fromkeys(kinds, 0.0), []
         for (cin, cout), count in counts.items():
             x = jnp.asarray(rng.standard_normal((batch, crop, crop, cin)), jnp.float32)
@@ -240,24 +250,27 @@ def train_cases(tiny, gpu):
     return cases
 
 
-def train_in_own_process(name, tiny, repeats, rates):
+def train_in_own_process(name, tiny, repeats, rates, conv_backend):
     """One train-step case in a fresh process, so that its peak RSS is its own."""
     import subprocess
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "row.json")
         cmd = [sys.executable, os.path.abspath(__file__), "--train-case", name, "--out", out,
-               "--repeats", str(repeats), "--rates", json.dumps(rates)] + (["--tiny"] if tiny else [])
+               "--repeats", str(repeats), "--rates", json.dumps(rates),
+               "--conv-backend", conv_backend] + (["--tiny"] if tiny else [])
         subprocess.run(cmd, check=True)
         with open(out) as f:
             return json.load(f)
 
 
-def one_train_case(name, tiny, repeats, rates):
+def one_train_case(name, tiny, repeats, rates, conv_backend):
     from ifes_jax import xla_flags
     cfg, crop, batch = train_cases(tiny, jax.devices()[0].platform == "gpu")[name]
+    cfg.model.conv_backend = conv_backend
     return (case_train(name, cfg, crop, batch, repeats, rates) | memory()
-            | {"compiler_options": xla_flags.training_compiler_options()})
+            | {"compiler_options": xla_flags.training_compiler_options(),
+               "conv_backend": model_lib.conv_backend(conv_backend)})
 
 
 class Rows(list):
@@ -277,17 +290,19 @@ class Rows(list):
             self.append(row)
 
 
-def run(cases, tiny, repeats, plot, on_row=lambda rows: None):
+def run(cases, tiny, repeats, plot, on_row=lambda rows: None, conv_backend="auto"):
     rates, rate_source = reference_rate(tiny)
     gpu = jax.devices()[0].platform == "gpu"
     head = {"device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
             "device_count": jax.device_count(), "reference": rate_source,
-            "reference_flop_per_s": rates, "jax": jax.__version__}
+            "reference_flop_per_s": rates, "jax": jax.__version__,
+            "conv_backend": model_lib.conv_backend(conv_backend)}
     rows = Rows(lambda rows: on_row(head | {"rows": list(rows)}))
     q, d = quickstart.get_config(), default.get_config()
+    q.model.conv_backend = d.model.conv_backend = conv_backend
     if "train" in cases:
         for name in train_cases(tiny, gpu):
-            rows.append(train_in_own_process(name, tiny, repeats, rates))
+            rows.append(train_in_own_process(name, tiny, repeats, rates, conv_backend))
     if "inference" in cases:
         sizes = [(480, 640), (1024, 1280), (2160, 3840)]
         scaling = []
@@ -348,7 +363,8 @@ def markdown(result):
             f"{rates['float32'] / 1e12:.0f} TFLOP/s float32 (TF32), {rates['bfloat16'] / 1e12:.0f} "
             "TFLOP/s bfloat16")
     lines = [f"Device: {result['device']} ({result['platform']}, {result['device_count']} device(s)); "
-             f"reference rate: {result['reference']} = {rate}; jax {result['jax']}.", "",
+             f"reference rate: {result['reference']} = {rate}; jax {result['jax']}; "
+             f"convolutions: {result.get('conv_backend', 'xla')}.", "",
              "| case | kind | median s | compile s | throughput | GFLOP/s | of reference | peak RSS MB "
              "| device peak MB |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -379,13 +395,15 @@ def main(argv=None):
     p.add_argument("--tiny", action="store_true", help="every case once at toy sizes")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cases", default="matmul,train,inference,convs,loss,pipeline,eval")
+    p.add_argument("--conv-backend", default="auto", choices=model_lib.CONV_BACKENDS,
+                   help="model.conv_backend of the train and inference cases (default: auto)")
     p.add_argument("--render", metavar="JSON", help="print the table of a JSON written before")
     p.add_argument("--train-case", help=argparse.SUPPRESS)  # one train case, in a child process
     p.add_argument("--rates", help=argparse.SUPPRESS)       # the parent's reference rates
     args = p.parse_args(argv)
     if args.train_case:
         row = one_train_case(args.train_case, args.tiny, 1 if args.tiny else args.repeats,
-                             json.loads(args.rates))
+                             json.loads(args.rates), args.conv_backend)
         with open(args.out, "w") as f:
             json.dump(row, f)
         return
@@ -400,7 +418,8 @@ def main(argv=None):
             json.dump(result, f, indent=2)
         os.replace(args.out + ".tmp", args.out)
 
-    result = run(set(args.cases.split(",")), args.tiny, repeats, args.plot, on_row=write)
+    result = run(set(args.cases.split(",")), args.tiny, repeats, args.plot, on_row=write,
+                 conv_backend=args.conv_backend)
     write(result)
     print(markdown(result))
 

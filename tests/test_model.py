@@ -1,5 +1,7 @@
 """IFESNet (paper §III.B–C): shapes of every variant, parameter count, translation equivariance."""
 import itertools
+import platform
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -74,11 +76,16 @@ def _np_ifesnet(params, ir, vis, num_stages, hc, interactive):
             "recon_ir": recon["ir"], "recon_vis": recon["vis"]}
 
 
+ONEDNN = pytest.param("onednn", marks=pytest.mark.skipif(
+    not (sys.platform == "linux" and platform.machine() == "x86_64"), reason="x86-64 Linux only"))
+
+
+@pytest.mark.parametrize("backend", ["xla", ONEDNN])
 @pytest.mark.parametrize("num_stages,hc,interactive",
                          [(3, False, True), (2, True, True), (3, False, False), (4, True, False)])
-def test_forward_matches_a_numpy_reference(num_stages, hc, interactive):
+def test_forward_matches_a_numpy_reference(num_stages, hc, interactive, backend):
     net = IFESNet(num_stages=num_stages, hierarchical_connection=hc, interactive=interactive,
-                  width_multiplier=0.0625)
+                  width_multiplier=0.0625, conv_backend=backend)
     rng = np.random.default_rng(5)
     ir = rng.uniform(size=(2, 11, 9, 1)).astype(np.float32)
     vis = rng.uniform(size=(2, 11, 9, 1)).astype(np.float32)

@@ -28,6 +28,7 @@ def test_options_are_given_only_where_they_apply():
 
 def _compiled_step(options):
     config = quickstart.get_config()
+    config.model.conv_backend = "xla"  # the options choose between XLA's convolution paths
     state = train.create_train_state(config, jax.random.key(0), 32)
     ir, vis = synthetic.synthetic_pairs(0, 2, 32, 32)
     batch = {"ir": jnp.asarray(ir[..., None]), "vis": jnp.asarray(vis[..., None])}

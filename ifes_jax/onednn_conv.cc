@@ -1,0 +1,248 @@
+// 3x3, stride-1, SAME convolutions of NHWC images with HWIO kernels by oneDNN, as XLA FFI
+// handlers for the CPU: the forward pass, the input gradient and the kernel gradient.
+// Built and registered by ifes_jax/onednn_conv.py; see there for why.
+#include <cstdint>
+#include <condition_variable>
+#include <functional>
+#include <future>
+#include <mutex>
+#include <thread>
+#include <deque>
+#include <string>
+#include <tuple>
+#include <initializer_list>
+#include <map>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+
+namespace {
+
+enum Kind { kForward = 0, kInputGrad = 1, kKernelGrad = 2 };
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// One convolution's oneDNN primitive, and the reorder between our HWIO kernel and the
+// layout oneDNN chose for it (empty when they are the same).
+struct Plan {
+  dnnl::primitive conv;
+  memory::desc kernel, blocked_kernel;
+  dnnl::reorder kernel_reorder;
+  bool reorder = false;
+};
+
+// kind, batch, height, width, C_in, C_out, bfloat16, ReLU after the forward pass
+using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool>;
+
+Plan MakePlan(const Key& key) {
+  auto [kind, n, h, w, cin, cout, bf16, relu] = key;
+  auto dt = bf16 ? memory::data_type::bf16 : memory::data_type::f32;
+  memory::desc image({n, cin, h, w}, dt, memory::format_tag::nhwc);
+  memory::desc output({n, cout, h, w}, dt, memory::format_tag::nhwc);
+  memory::desc any_kernel({cout, cin, 3, 3}, dt, memory::format_tag::any);
+  memory::desc bias({cout}, dt, memory::format_tag::a);
+  const memory::dims stride{1, 1}, pad{1, 1};
+  const auto training = dnnl::prop_kind::forward_training;
+  const auto direct = dnnl::algorithm::convolution_direct;
+  Plan plan;
+  plan.kernel = memory::desc({cout, cin, 3, 3}, dt, memory::format_tag::hwio);
+  if (kind == kForward) {
+    dnnl::primitive_attr attr;
+    if (relu) {
+      dnnl::post_ops ops;
+      ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+      attr.set_post_ops(ops);
+    }
+    dnnl::convolution_forward::primitive_desc pd(Engine(), training, direct, image, any_kernel,
+                                                 bias, output, stride, pad, pad, attr);
+    plan.conv = dnnl::convolution_forward(pd);
+    plan.blocked_kernel = pd.weights_desc();
+  } else {
+    dnnl::convolution_forward::primitive_desc hint(Engine(), training, direct, image,
+                                                   any_kernel, bias, output, stride, pad, pad);
+    if (kind == kInputGrad) {
+      dnnl::convolution_backward_data::primitive_desc pd(Engine(), direct, image, any_kernel,
+                                                         output, stride, pad, pad, hint);
+      plan.conv = dnnl::convolution_backward_data(pd);
+      plan.blocked_kernel = pd.weights_desc();
+    } else {
+      dnnl::convolution_backward_weights::primitive_desc pd(
+          Engine(), direct, image, any_kernel, bias, output, stride, pad, pad, hint);
+      plan.conv = dnnl::convolution_backward_weights(pd);
+      plan.blocked_kernel = pd.diff_weights_desc();
+    }
+  }
+  plan.reorder = plan.blocked_kernel != plan.kernel;
+  if (plan.reorder) {
+    plan.kernel_reorder =
+        kind == kKernelGrad
+            ? dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), plan.blocked_kernel,
+                                                          Engine(), plan.kernel))
+            : dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), plan.kernel, Engine(),
+                                                          plan.blocked_kernel));
+  }
+  return plan;
+}
+
+// Plans are built once per shape (building one costs more than running a small conv).
+const Plan& GetPlan(const Key& key) {
+  static std::mutex mutex;
+  static std::map<Key, Plan> plans;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = plans.find(key);
+  if (it == plans.end()) it = plans.emplace(key, MakePlan(key)).first;
+  return it->second;
+}
+
+// Runs every convolution on one long-lived thread, one at a time. Each convolution runs on all
+// cores (an OpenMP team led by the calling thread). XLA calls the handlers from whichever of its
+// threads is free, and would start independent ones (a layer's two gradients) at once: every
+// calling thread would lead its own team, whose idle threads spin on the cores the next team
+// needs (measured: small convolutions 2-10x slower), and concurrent teams oversubscribe the
+// cores, where the kernel gradient's spin barriers stall for minutes.
+class Worker {
+ public:
+  static Worker& Get() {
+    static Worker* worker = new Worker();  // never destroyed: its thread outlives main()
+    return *worker;
+  }
+  void Run(std::function<void()> task) {
+    std::packaged_task<void()> job(std::move(task));
+    auto done = job.get_future();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      jobs_.push_back(std::move(job));
+    }
+    ready_.notify_one();
+    done.get();
+  }
+
+ private:
+  Worker() : thread_([this] { Loop(); }) { thread_.detach(); }
+  void Loop() {
+    for (;;) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      ready_.wait(lock, [this] { return !jobs_.empty(); });
+      auto job = std::move(jobs_.front());
+      jobs_.pop_front();
+      lock.unlock();
+      job();
+    }
+  }
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<std::packaged_task<void()>> jobs_;
+  std::thread thread_;
+};
+
+bool IsBf16(ffi::AnyBuffer a) { return a.element_type() == ffi::DataType::BF16; }
+
+ffi::Error Check(std::initializer_list<ffi::AnyBuffer> buffers) {
+  auto t = buffers.begin()->element_type();
+  for (auto b : buffers)
+    if (b.element_type() != t || (t != ffi::DataType::F32 && t != ffi::DataType::BF16))
+      return ffi::Error::InvalidArgument("oneDNN conv: operands must all be float32 or bfloat16");
+  return ffi::Error::Success();
+}
+
+// The buffers of one call: NHWC image (C_in channels) and output (C_out channels), HWIO kernel,
+// bias (C_out); in the gradient kinds these are the gradients, except the image of the kernel
+// gradient and the kernel of the input gradient.
+struct Buffers {
+  void *image, *kernel, *bias, *output;
+};
+
+// Runs `kind` on `b`: the forward pass (writes the output), the input gradient (writes the
+// image's) or the kernel gradient (writes the kernel's and the bias').
+void Execute(const Key& key, const Buffers& b) {
+  auto [kind, n, h, w, cin, cout, bf16, relu] = key;
+  const Plan& plan = GetPlan(key);
+  auto dt = bf16 ? memory::data_type::bf16 : memory::data_type::f32;
+  memory image({{n, cin, h, w}, dt, memory::format_tag::nhwc}, Engine(), b.image);
+  memory output({{n, cout, h, w}, dt, memory::format_tag::nhwc}, Engine(), b.output);
+  memory kernel(plan.kernel, Engine(), b.kernel);
+  memory conv_kernel = plan.reorder ? memory(plan.blocked_kernel, Engine()) : kernel;
+  dnnl::stream stream(Engine());
+  if (kind == kKernelGrad) {
+    memory bias({{cout}, dt, memory::format_tag::a}, Engine(), b.bias);
+    plan.conv.execute(stream, {{DNNL_ARG_SRC, image}, {DNNL_ARG_DIFF_WEIGHTS, conv_kernel},
+                               {DNNL_ARG_DIFF_BIAS, bias}, {DNNL_ARG_DIFF_DST, output}});
+    if (plan.reorder) plan.kernel_reorder.execute(stream, conv_kernel, kernel);
+  } else {
+    if (plan.reorder) plan.kernel_reorder.execute(stream, kernel, conv_kernel);
+    if (kind == kForward) {
+      memory bias({{cout}, dt, memory::format_tag::a}, Engine(), b.bias);
+      plan.conv.execute(stream, {{DNNL_ARG_SRC, image}, {DNNL_ARG_WEIGHTS, conv_kernel},
+                                 {DNNL_ARG_BIAS, bias}, {DNNL_ARG_DST, output}});
+    } else {
+      plan.conv.execute(stream, {{DNNL_ARG_DIFF_SRC, image}, {DNNL_ARG_WEIGHTS, conv_kernel},
+                                 {DNNL_ARG_DIFF_DST, output}});
+    }
+  }
+  stream.wait();
+}
+
+ffi::Error Run(const Key& key, const Buffers& buffers) {
+  std::string failure;
+  Worker::Get().Run([&] {
+    try {
+      Execute(key, buffers);
+    } catch (const dnnl::error& e) {
+      failure = std::string("oneDNN conv: ") + e.what();
+    }
+  });
+  return failure.empty() ? ffi::Error::Success() : ffi::Error::Internal(failure);
+}
+
+// y = conv(x, k) + b, then ReLU if `relu`
+ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer k, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> y,
+                   bool relu) {
+  if (auto e = Check({x, k, b}); e.failure()) return e;
+  auto d = x.dimensions();
+  return Run(Key{kForward, d[0], d[1], d[2], d[3], k.dimensions()[3], IsBf16(x), relu},
+             Buffers{x.untyped_data(), k.untyped_data(), b.untyped_data(), y->untyped_data()});
+}
+
+// dx = ∂L/∂x of conv(x, k) + b, from dy = ∂L/∂(conv(x, k) + b)
+ffi::Error InputGrad(ffi::AnyBuffer dy, ffi::AnyBuffer k, ffi::Result<ffi::AnyBuffer> dx) {
+  if (auto e = Check({dy, k}); e.failure()) return e;
+  auto d = dy.dimensions();
+  return Run(Key{kInputGrad, d[0], d[1], d[2], k.dimensions()[2], d[3], IsBf16(dy), false},
+             Buffers{dx->untyped_data(), k.untyped_data(), nullptr, dy.untyped_data()});
+}
+
+// dk, db = ∂L/∂k, ∂L/∂b of conv(x, k) + b, from x and dy
+ffi::Error KernelGrad(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dk,
+                      ffi::Result<ffi::AnyBuffer> db) {
+  if (auto e = Check({x, dy}); e.failure()) return e;
+  auto d = x.dimensions();
+  return Run(Key{kKernelGrad, d[0], d[1], d[2], d[3], dy.dimensions()[3], IsBf16(x), false},
+             Buffers{x.untyped_data(), dk->untyped_data(), db->untyped_data(), dy.untyped_data()});
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IfesConvForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<bool>("relu"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IfesConvInputGrad, InputGrad,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IfesConvKernelGrad, KernelGrad,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>());

@@ -1,0 +1,144 @@
+"""oneDNN convolutions through the XLA FFI (`ifes_jax.onednn_conv`): the forward pass and both
+gradients against NumPy references, the model's gradients against XLA's convolutions, and the
+backend choice."""
+import platform
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ifes_jax import model, onednn_conv
+from ifes_jax.errors import ConfigError
+from ifes_jax.model import IFESNet
+
+ON_X86_LINUX = sys.platform == "linux" and platform.machine() == "x86_64"
+
+
+def _np_conv(x, k):
+    """3×3 SAME cross-correlation as nine shifted matrix products (float64)."""
+    h, w = x.shape[1:3]
+    padded = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return sum(padded[:, i:i + h, j:j + w] @ k.astype(np.float64)[i, j]
+               for i in range(3) for j in range(3))
+
+
+def _np_input_gradient(g, k):
+    """∂L/∂x of the same convolution: the cotangent correlated with the flipped, transposed
+    kernel (float64)."""
+    flipped = k[::-1, ::-1].transpose(0, 1, 3, 2)
+    return _np_conv(g, flipped)
+
+
+def _np_kernel_gradient(x, g):
+    """∂L/∂kernel: Σ over pixels of the shifted input times the cotangent (float64)."""
+    h, w = x.shape[1:3]
+    padded = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return np.array([[np.einsum("bhwc,bhwo->co", padded[:, i:i + h, j:j + w], g)
+                      for j in range(3)] for i in range(3)])
+
+
+def test_onednn_builds_on_x86_linux():
+    # requirements.txt installs oneDNN there; a broken build must fail here, not fall back
+    if not ON_X86_LINUX:
+        assert onednn_conv.unavailable() is not None
+        return
+    assert onednn_conv.unavailable() is None
+
+
+needs_onednn = pytest.mark.skipif(not ON_X86_LINUX, reason="oneDNN wheels are x86-64 Linux only")
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape,cin,cout,relu", [((1, 9, 7), 2, 16, True), ((2, 16, 16), 16, 1, False),
+                                                 ((3, 5, 12), 24, 40, True), ((1, 1, 1), 3, 5, False)])
+def test_forward_and_gradients_match_numpy(shape, cin, cout, relu):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape + (cin,)).astype(np.float32)
+    k = (rng.standard_normal((3, 3, cin, cout)) / np.sqrt(9 * cin)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    g = rng.standard_normal(shape + (cout,)).astype(np.float32)
+    conv = jax.jit(lambda x, k, b: onednn_conv.conv3x3(x, k, b, relu))
+    y, vjp = jax.vjp(conv, jnp.asarray(x), jnp.asarray(k), jnp.asarray(b))
+    dx, dk, db = vjp(jnp.asarray(g))
+    pre = _np_conv(x, k) + b
+    g_pre = g * (pre > 0) if relu else g  # ReLU passes the cotangent where its input is positive
+    np.testing.assert_allclose(y, np.maximum(pre, 0) if relu else pre, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, _np_input_gradient(g_pre, k), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dk, _np_kernel_gradient(x, g_pre), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(db, g_pre.sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-4)
+
+
+@needs_onednn
+def test_bfloat16_matches_numpy_to_bfloat16_precision():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((2, 12, 10, 32)), jnp.bfloat16)
+    k = jnp.asarray(rng.standard_normal((3, 3, 32, 16)) / 17, jnp.bfloat16)
+    b = jnp.asarray(rng.standard_normal(16), jnp.bfloat16)
+    g = jnp.asarray(rng.standard_normal((2, 12, 10, 16)), jnp.bfloat16)
+    y, vjp = jax.vjp(onednn_conv.conv3x3, x, k, b)
+    dx, dk, db = vjp(g)
+    assert y.dtype == dx.dtype == dk.dtype == db.dtype == jnp.bfloat16
+    f64 = lambda a: np.asarray(a.astype(jnp.float32), np.float64)  # noqa: E731
+    # inputs are exact in bfloat16; accumulation is float32, the output rounded to 8 bits
+    for got, want in [(y, _np_conv(f64(x), f64(k)) + f64(b)),
+                      (dx, _np_input_gradient(f64(g), f64(k))),
+                      (dk, _np_kernel_gradient(f64(x), f64(g))), (db, f64(g).sum(axis=(0, 1, 2)))]:
+        np.testing.assert_allclose(f64(got), want, rtol=1e-2, atol=1e-2 * np.abs(want).max())
+
+
+@needs_onednn
+@pytest.mark.parametrize("interactive", [True, False])
+def test_model_gradients_equal_those_of_xla_convolutions(interactive):
+    rng = np.random.default_rng(2)
+    ir = jnp.asarray(rng.uniform(size=(2, 19, 23, 1)), jnp.float32)
+    vis = jnp.asarray(rng.uniform(size=(2, 19, 23, 1)), jnp.float32)
+    kw = dict(width_multiplier=0.125, interactive=interactive, hierarchical_connection=True)
+    params = IFESNet(**kw).init(jax.random.key(0), ir, vis)["params"]
+
+    def grads(backend):
+        net = IFESNet(conv_backend=backend, **kw)
+        loss = lambda p: jnp.mean(jnp.square(net.apply({"params": p}, ir, vis)["fused"]) +  # noqa: E731
+                                  net.apply({"params": p}, ir, vis)["recon_ir"])
+        return jax.jit(jax.grad(loss))(params)
+
+    xla, onednn = grads("xla"), grads("onednn")
+    for a, b in zip(jax.tree.leaves(xla), jax.tree.leaves(onednn)):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+@needs_onednn
+def test_vmap_over_an_extra_batch_axis():
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((3, 2, 8, 8, 4)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, 4, 6)), jnp.float32)
+    b = jnp.asarray(rng.standard_normal(6), jnp.float32)
+    got = jax.vmap(onednn_conv.conv3x3, in_axes=(0, None, None))(x, k, b)
+    for i in range(3):
+        np.testing.assert_allclose(got[i], _np_conv(np.asarray(x[i]), np.asarray(k)) + np.asarray(b),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_mismatched_operands_are_an_error():
+    with pytest.raises(ValueError, match="do not match"):
+        onednn_conv.conv3x3(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 2, 5)), jnp.zeros(5))
+
+
+def test_backend_choice():
+    assert model.conv_backend("xla") == "xla"
+    assert model.conv_backend("auto", platform="gpu") == "xla"
+    with pytest.raises(ConfigError, match="CPU only"):
+        model.conv_backend("onednn", platform="gpu")
+    with pytest.raises(ConfigError, match="conv_backend must be one of"):
+        model.conv_backend("mkl")
+    expected = "onednn" if onednn_conv.unavailable() is None else "xla"
+    assert model.conv_backend("auto", platform="cpu") == expected
+
+
+def test_a_failed_build_names_its_cause(monkeypatch, tmp_path):
+    monkeypatch.setenv("IFES_JAX_ONEDNN_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+    with pytest.raises(onednn_conv.Unavailable, match="no C.. compiler|x86-64 Linux|package"):
+        onednn_conv.build()
+    assert not any(tmp_path.iterdir())  # nothing half-written
