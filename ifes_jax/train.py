@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from ifes_jax import checkpoint, losses, model as model_lib, parallel, xla_flags
+from ifes_jax import checkpoint, host_memory, losses, model as model_lib, parallel, xla_flags
 from ifes_jax.data import pipeline, synthetic
 from ifes_jax.data.images import write_png
 from ifes_jax.errors import ConfigError
@@ -254,6 +254,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     from tensorboardX import SummaryWriter
     from tqdm import tqdm
 
+    host_memory.keep_freed_memory()  # no page faults on each step's fresh buffers (CPU)
     cfg_train = config.train
     local_batch = parallel.check_batch_size(cfg_train.batch_size, cfg_train.parallel)
     dataset = make_dataset(config, make_source(config), local_batch)  # bad data stops us here

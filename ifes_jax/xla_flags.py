@@ -6,7 +6,9 @@ we measured: +20 % steps/s for the quickstart model, 2.4–2.7× for the full-wi
 batch 4 and 8 (YNNPACK falls off a cliff there), see docs/benchmarks.md. Inference keeps
 YNNPACK, which is 4–25 % faster for the forward pass alone. The train step is compiled with
 `jax.jit(..., compiler_options=training_compiler_options())`, so one process trains on one
-convolution path and fuses on the other, whatever XLA_FLAGS it started with.
+convolution path and fuses on the other, whatever XLA_FLAGS it started with. Where the model's
+convolutions are oneDNN's (`model.conv_backend`, the CPU default where it builds), the step has
+no XLA convolution left and the options change nothing.
 """
 from __future__ import annotations
 
