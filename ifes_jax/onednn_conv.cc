@@ -1,17 +1,17 @@
 // 3x3, stride-1, SAME convolutions of NHWC images with HWIO kernels by oneDNN, as XLA FFI
 // handlers for the CPU: the forward pass, the input gradient and the kernel gradient.
 // Built and registered by ifes_jax/onednn_conv.py; see there for why.
-#include <cstdint>
 #include <condition_variable>
+#include <cstdint>
+#include <deque>
 #include <functional>
 #include <future>
-#include <mutex>
-#include <thread>
-#include <deque>
-#include <string>
-#include <tuple>
 #include <initializer_list>
 #include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <tuple>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -100,8 +100,8 @@ const Plan& GetPlan(const Key& key) {
   return it->second;
 }
 
-// Runs every convolution on one long-lived thread, one at a time. Each convolution runs on all
-// cores (an OpenMP team led by the calling thread). XLA calls the handlers from whichever of its
+// Runs every convolution on one long-lived thread, one at a time. oneDNN runs a convolution on
+// all cores, as an OpenMP team led by the thread that calls it. XLA calls the handlers from whichever of its
 // threads is free, and would start independent ones (a layer's two gradients) at once: every
 // calling thread would lead its own team, whose idle threads spin on the cores the next team
 // needs (measured: small convolutions 2-10x slower), and concurrent teams oversubscribe the

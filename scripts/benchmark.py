@@ -9,8 +9,8 @@ Prints a Markdown table and writes JSON: per case the median of several timed re
 compilation, the compile time, throughput, achieved FLOP/s and its fraction of the reference
 rate (on CPU a large float32 matmul timed in the same run; on a GPU the card's dense peak),
 and peak memory (host RSS; device memory where the backend reports it). Each train-step case
-runs in its own process (so its peak RSS is its own) and is compiled as training compiles it
-(the compiler options of ifes_jax/xla_flags.py). On a CPU, `convs` times every convolution of
+runs in its own process (so its peak RSS is its own) and runs as training runs it (the
+compiler options of ifes_jax/xla_flags.py, host memory kept by ifes_jax/host_memory.py). On a CPU, `convs` times every convolution of
 the network alone (forward, input and weight gradient) on XLA's two convolution paths and on
 oneDNN's (`model.conv_backend`; the train and inference cases use `--conv-backend`). `--tiny`
 runs every case once at toy sizes (the test suite does, so the script cannot rot); `--render
