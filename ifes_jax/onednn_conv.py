@@ -1,8 +1,8 @@
 """The network's 3×3 convolutions on the CPU by oneDNN, called from XLA through the FFI.
 
-XLA CPU's own convolutions (Eigen or YNNPACK) run IFESNet's layers at half of oneDNN's speed
-forward and a third of it for the kernel gradient, and compute bfloat16 in float32; oneDNN
-(the library PyTorch's CPU convolutions use) reaches the chip's rate in both precisions
+XLA CPU's own convolutions (Eigen or YNNPACK) run IFESNet's layers 1.2–2.2× slower than
+oneDNN forward, 1.6–3.5× slower for the kernel gradient, and compute bfloat16 in float32;
+oneDNN (the library PyTorch's CPU convolutions use) runs bfloat16 at twice its float32 rate
 (docs/benchmarks.md). `conv3x3` is a stride-1, SAME, NHWC × HWIO convolution whose forward
 pass, input gradient and kernel gradient are oneDNN primitives (`onednn_conv.cc`), each an XLA
 custom call inside the same compiled program. The bias and a ReLU are applied by the forward
