@@ -351,7 +351,12 @@ def conv_backend(requested: str, platform: str | None = None) -> str:
         if not on_cpu:
             return "xla"
         if (reason := onednn_conv.unavailable()) is not None:
-            logging.warning("oneDNN convolutions unavailable (%s); using XLA's", reason)
+            _warn_once(f"oneDNN convolutions unavailable ({reason}); using XLA's")
             return "xla"
         return "onednn"
     return requested
+
+
+@functools.cache
+def _warn_once(message: str):
+    logging.warning(message)
