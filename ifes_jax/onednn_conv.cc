@@ -90,22 +90,21 @@ Plan MakePlan(const Key& key) {
   return plan;
 }
 
-// Plans are built once per shape (building one costs more than running a small conv).
+// Plans are built once per shape (building one costs more than running a small conv). Only the
+// worker thread below builds and reads them.
 const Plan& GetPlan(const Key& key) {
-  static std::mutex mutex;
   static std::map<Key, Plan> plans;
-  std::lock_guard<std::mutex> lock(mutex);
   auto it = plans.find(key);
   if (it == plans.end()) it = plans.emplace(key, MakePlan(key)).first;
   return it->second;
 }
 
 // Runs every convolution on one long-lived thread, one at a time. oneDNN runs a convolution on
-// all cores, as an OpenMP team led by the thread that calls it. XLA calls the handlers from whichever of its
-// threads is free, and would start independent ones (a layer's two gradients) at once: every
-// calling thread would lead its own team, whose idle threads spin on the cores the next team
-// needs (measured: small convolutions 2-10x slower), and concurrent teams oversubscribe the
-// cores, where the kernel gradient's spin barriers stall for minutes.
+// all cores, as an OpenMP team led by the thread that calls it. XLA calls the handlers from
+// whichever of its threads is free, and would start independent ones (a layer's two gradients)
+// at once: every calling thread would lead its own team, whose idle threads spin on the cores
+// the next team needs (measured: small convolutions 2-10x slower), and concurrent teams
+// oversubscribe the cores, where the kernel gradient's spin barriers stall for minutes.
 class Worker {
  public:
   static Worker& Get() {

@@ -105,8 +105,9 @@ def test_model_gradients_equal_those_of_xla_convolutions(interactive):
 
     def grads(backend):
         net = IFESNet(conv_backend=backend, **kw)
-        loss = lambda p: jnp.mean(jnp.square(net.apply({"params": p}, ir, vis)["fused"]) +  # noqa: E731
-                                  net.apply({"params": p}, ir, vis)["recon_ir"])
+        def loss(p):
+            out = net.apply({"params": p}, ir, vis)
+            return jnp.mean(jnp.square(out["fused"]) + out["recon_ir"])
         return jax.jit(jax.grad(loss))(params)
 
     xla, onednn = grads("xla"), grads("onednn")
