@@ -18,6 +18,7 @@ JSON` prints the table of an earlier run.
 """
 import argparse
 import collections
+import functools
 import json
 import os
 import resource
@@ -103,13 +104,20 @@ def case_train(name, config, crop, batch, repeats, rates):
             "flop_per_s": flops / seconds, "fraction_of_reference": flops / seconds / rates[dtype]}
 
 
+@functools.lru_cache(maxsize=None)
+def inference_pair(height, width):
+    """The synthetic pair the inference cases fuse at this size, made once (a 4K pair takes
+    30 s of NumPy: its smooth fields are Gaussian filters hundreds of pixels wide)."""
+    return synthetic.synthetic_pair(1, height, width)
+
+
 def case_inference(name, config, height, width, repeats, rates, tile=None, half=False):
     from ifes_jax import fuse
     net = model_lib.from_config(config.model, half)
     x = jnp.zeros((1, 16, 16, 1))
     params = jax.jit(net.init)(jax.random.key(0), x, x)["params"]
     fuser = fuse.Fuser(config, params, net, tile=tile or max(height, width))
-    ir, vis = synthetic.synthetic_pair(1, height, width)
+    ir, vis = inference_pair(height, width)
     compile_s, seconds = timed(lambda: fuser(ir, vis)["fused"], repeats)
     flops = forward_flops_per_pixel(params) * height * width
     return {"case": name, "kind": "inference", "pixels": height * width, "seconds": seconds,
