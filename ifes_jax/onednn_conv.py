@@ -7,7 +7,10 @@ oneDNN (the library PyTorch's CPU convolutions use) runs bfloat16 at twice its f
 pass, input gradient and kernel gradient are oneDNN primitives (`onednn_conv.cc`), each an XLA
 custom call inside the same compiled program. The bias and a ReLU are applied by the forward
 primitive as it writes its output, and the bias gradient comes with the kernel gradient;
-everything else (other activations, concatenations, the loss) stays XLA's.
+everything else (other activations, concatenations, the loss) stays XLA's. For wide float32
+layers the kernel gradient is computed as nine oneDNN matrix products over padded, shifted
+image rows instead (`GEMM_KERNEL_GRAD_MIN`), which oneDNN 3.2 runs faster than its
+kernel-gradient convolution.
 
 The handlers are compiled on first use with the C++ compiler (`$CXX`, default g++) against
 the headers of `onednn-devel-cpu-gomp` and jaxlib's FFI headers, and cached by source and
@@ -31,6 +34,7 @@ import tempfile
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
 TARGETS = ("IfesConvForward", "IfesConvInputGrad", "IfesConvKernelGrad")
@@ -129,6 +133,21 @@ def _forward(x, kernel, bias, relu):
     return y, (x, kernel, y if relu else None)
 
 
+# C_in · C_out from which a float32 kernel gradient is computed as nine matrix products
+# (`onednn_conv.cc`, ExecuteGemm) rather than by oneDNN's kernel-gradient convolution. Measured
+# at 128² x1, per layer: 256→256 69 → 53 ms, 512→256 143 → 96 ms, 128→128 12 ms both ways;
+# train step 1.42 → 1.29 s with this threshold, 1.32 s from 256 · 256 (docs/benchmarks.md).
+# bfloat16 keeps the convolution, which runs at twice the products' rate.
+GEMM_KERNEL_GRAD_MIN = 128 * 256
+# the products run over bands of image rows whose padded copies take about this many bytes
+GEMM_BAND_BYTES = 64 << 20
+
+
+def kernel_grad_by_products(kernel) -> bool:
+    """Whether `conv3x3`'s kernel gradient for this kernel is computed as matrix products."""
+    return kernel.dtype == jnp.float32 and kernel.shape[2] * kernel.shape[3] >= GEMM_KERNEL_GRAD_MIN
+
+
 def _backward(relu, saved, cotangent):
     x, kernel, y = saved
     if relu:  # ReLU's gradient: the cotangent where the output is positive
@@ -136,7 +155,8 @@ def _backward(relu, saved, cotangent):
     dx = _call("IfesConvInputGrad", jax.ShapeDtypeStruct(x.shape, x.dtype), cotangent, kernel)
     dk, db = _call("IfesConvKernelGrad", (jax.ShapeDtypeStruct(kernel.shape, kernel.dtype),
                                           jax.ShapeDtypeStruct(kernel.shape[3:], kernel.dtype)),
-                   x, cotangent)
+                   x, cotangent,
+                   band_bytes=np.int64(GEMM_BAND_BYTES if kernel_grad_by_products(kernel) else 0))
     return dx, dk, db
 
 

@@ -57,9 +57,18 @@ needs_onednn = pytest.mark.skipif(onednn_conv.unavailable() is not None,
 
 
 @needs_onednn
+@pytest.mark.parametrize("by_products", [False, True, "two rows per band"],
+                         ids=["kernel_grad_conv", "kernel_grad_products", "kernel_grad_products_banded"])
 @pytest.mark.parametrize("shape,cin,cout,relu", [((1, 9, 7), 2, 16, True), ((2, 16, 16), 16, 1, False),
                                                  ((3, 5, 12), 24, 40, True), ((1, 1, 1), 3, 5, False)])
-def test_forward_and_gradients_match_numpy(shape, cin, cout, relu):
+def test_forward_and_gradients_match_numpy(shape, cin, cout, relu, by_products, monkeypatch):
+    # the kernel gradient both ways: oneDNN's convolution, and nine matrix products over bands of
+    # padded, shifted image rows (chosen for wide float32 layers; here forced for every width),
+    # one band per image at these sizes, or two rows per band (and one left over where H is odd)
+    monkeypatch.setattr(onednn_conv, "GEMM_KERNEL_GRAD_MIN", 0 if by_products else 10 ** 9)
+    if by_products == "two rows per band":
+        padded_row_bytes = (shape[2] + 2) * (cin + cout) * 4
+        monkeypatch.setattr(onednn_conv, "GEMM_BAND_BYTES", 4 * padded_row_bytes)  # 2 + 2 halo rows
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape + (cin,)).astype(np.float32)
     k = (rng.standard_normal((3, 3, cin, cout)) / np.sqrt(9 * cin)).astype(np.float32)
@@ -74,6 +83,13 @@ def test_forward_and_gradients_match_numpy(shape, cin, cout, relu):
     np.testing.assert_allclose(dx, _np_input_gradient(g_pre, k), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dk, _np_kernel_gradient(x, g_pre), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(db, g_pre.sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-4)
+
+
+def test_kernel_gradient_by_products_for_wide_float32_layers_only():
+    wide, narrow = jnp.zeros((3, 3, 256, 128)), jnp.zeros((3, 3, 128, 128))
+    assert onednn_conv.kernel_grad_by_products(wide)
+    assert not onednn_conv.kernel_grad_by_products(narrow)
+    assert not onednn_conv.kernel_grad_by_products(wide.astype(jnp.bfloat16))  # oneDNN's conv is faster
 
 
 @needs_onednn
