@@ -20,7 +20,6 @@ def get_config():
     model.param_dtype = "float32"
     model.remat = False                   # recompute activations in the backward pass (less memory)
     model.conv_backend = "auto"           # CPU: oneDNN convolutions where they build, else XLA's
-    model.weight_grad_batch = 16          # CPU: weight gradients over >= this many image tiles (0: off)
 
     config.loss = loss = ml_collections.ConfigDict()
     loss.weight_ir = 1.0       # L_I (eq. 7)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 
-import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -43,6 +42,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state, config, data_iterator=No
     items = {"state": ocp.args.StandardSave(state),
              "config": ocp.args.JsonSave(json.loads(config.to_json_best_effort()))}
     if data_iterator is not None:
+        import grain  # only training checkpoints carry an iterator
         items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     return mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
 
@@ -55,8 +55,20 @@ def restore(mngr: ocp.CheckpointManager, template_state, data_iterator=None, ste
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template_state)
     items = {"state": ocp.args.StandardRestore(abstract)}
     if data_iterator is not None:
+        import grain
         items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     return mngr.restore(step, args=ocp.args.Composite(**items)).state
+
+
+def restore_params(mngr: ocp.CheckpointManager, template_params, step=None):
+    """The model parameters alone of the train state at `step` (default: latest), in the
+    structure, dtypes and shardings of `template_params` (abstract arrays): no optimizer state
+    is read, so inference needs no optimizer."""
+    step = mngr.latest_step() if step is None else step
+    item = {"params": template_params}
+    state = ocp.args.PyTreeRestore(item=item, partial_restore=True,
+                                   restore_args=ocp.checkpoint_utils.construct_restore_args(item))
+    return mngr.restore(step, args=ocp.args.Composite(state=state)).state["params"]
 
 
 def restore_config(mngr: ocp.CheckpointManager, step: int | None = None) -> ml_collections.ConfigDict:

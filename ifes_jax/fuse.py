@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ifes_jax import checkpoint, losses, model as model_lib, train
+from ifes_jax import checkpoint, losses, model as model_lib
 from ifes_jax.data.images import (luma, read_image, rgb_to_ycbcr, to_float01, write_png,
                                   ycbcr_to_rgb)
 from ifes_jax.errors import DataError, InputError
@@ -138,20 +138,24 @@ def load(path, step: int | None = None, *, half_precision: bool = False,
         if mngr.latest_step() is None:
             raise InputError(f"{folder}: holds no complete checkpoint")
         config = checkpoint.restore_config(mngr, step)
-        template = jax.eval_shape(
-            lambda: train.create_train_state(config, jax.random.key(0), 16))
+        net = model_lib.from_config(config.model, half_precision)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        template = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device)
-            if isinstance(x, jax.ShapeDtypeStruct) else x, template)
+        template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                                abstract_params(net))
         try:
-            state = checkpoint.restore(mngr, template, step=step)
+            params = checkpoint.restore_params(mngr, template, step=step)
         except (ValueError, KeyError) as exc:
             raise InputError(f"{folder}: the checkpoint does not match its config's "
                              f"architecture ({str(exc).splitlines()[0]})") from None
     finally:
         mngr.close()
-    return Fuser(config, state.params, model_lib.from_config(config.model, half_precision), tile)
+    return Fuser(config, params, net, tile)
+
+
+def abstract_params(net: model_lib.IFESNet):
+    """The shapes and dtypes of `net`'s parameters (nothing is computed)."""
+    x = jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32)
+    return jax.eval_shape(net.init, jax.random.key(0), x, x)["params"]
 
 
 def fuse_color(fuser: Fuser, ir, vis, *, smooth_weights: bool = False):
@@ -237,8 +241,7 @@ def load_exported(folder: str = SHIPPED_WEIGHTS, *, half_precision: bool = False
     with open(paths[1]) as f:
         config = ml_collections.ConfigDict(json.load(f))
     net = model_lib.from_config(config.model, half_precision)
-    x = jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32)
-    template = jax.eval_shape(net.init, jax.random.key(0), x, x)["params"]
+    template = abstract_params(net)
     with open(paths[0], "rb") as f:
         try:
             params = serialization.from_bytes(template, f.read())

@@ -11,19 +11,19 @@ Three interleaved branches of 3×3, stride-1, SAME convolutions at full resoluti
 Every ablation of the paper is a field of `IFESNet`, not a copy of the code:
 `num_stages` (S1–S4, Table V), `hierarchical_connection` (HC, Fig. 10), `interactive=False`
 ("w/o IFEM", Fig. 9b, Tables III–IV).
+
+The convolution itself is a field too (`conv`): XLA's `conv3x3` below by default, or any
+function of the same signature, such as the oneDNN one that `ifes_jax.cpu` picks on a CPU.
 """
 from __future__ import annotations
 
 import functools
-import logging
-import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ifes_jax import onednn_conv
 from ifes_jax.errors import ConfigError
 
 STAGE_CHANNELS = (64, 128, 256, 256)  # F_n / F'_n / F''_n widths of stages 1..4 (§III.B)
@@ -31,35 +31,19 @@ FUSION_HEAD_CHANNELS = (256, 128, 64)  # IVIFNet layers 7-9, then the 2-channel 
 RECON_HEAD_CHANNELS = (128, 64)  # SHFENet layers 4-5, then the 1-channel output layer
 
 ACTIVATIONS = {
-    "relu": nn.relu,
-    "leaky_relu": nn.leaky_relu,
-    "elu": nn.elu,
-    "gelu": nn.gelu,
-    "silu": nn.silu,
+    "relu": jax.nn.relu,
+    "leaky_relu": jax.nn.leaky_relu,
+    "elu": jax.nn.elu,
+    "gelu": jax.nn.gelu,
+    "silu": jax.nn.silu,
 }
 WEIGHT_ACTIVATIONS = ("sigmoid", "linear", "softmax")
+OUTPUT_LAYERS = ("head_weights", "recon_ir_out", "recon_vis_out")
 
 
 def scaled(channels: int, width_multiplier: float) -> int:
     """Hidden width after `width_multiplier` (never below 1)."""
     return max(1, int(round(channels * width_multiplier)))
-
-
-class ConvParams(nn.Module):
-    """The kernel (3, 3, C_in, C_out) and bias of one 3×3 conv, named as flax's `nn.Conv` names
-    them (so checkpoints of either load), applied by `conv3x3`."""
-
-    in_features: int
-    features: int
-    kernel_init: Callable
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self):
-        return {"kernel": self.param("kernel", self.kernel_init,
-                                     (3, 3, self.in_features, self.features), self.param_dtype),
-                "bias": self.param("bias", nn.initializers.zeros_init(), (self.features,),
-                                   self.param_dtype)}
 
 
 def convolve(x, kernel, padding="SAME"):
@@ -68,100 +52,48 @@ def convolve(x, kernel, padding="SAME"):
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def weight_gradient_by_tiles(x, cotangent, tiles_per_image):
-    """∂L/∂kernel of `convolve(x, kernel)` given ∂L/∂output, by XLA's own weight-gradient
-    convolution over about `tiles_per_image` tiles of each image (each tile with its 1-pixel
-    border) stacked on the batch axis: the same sum over pixels, but XLA CPU runs a weight
-    gradient over many small images 1.3–4× faster than over a few large ones
-    (docs/benchmarks.md). Images are zero-padded up to whole tiles; zero cotangent there adds
-    nothing."""
-    b, h, w, cin = x.shape
-    cout = cotangent.shape[-1]
-    rows = max(1, min(h, round(math.sqrt(tiles_per_image * h / w))))
-    cols = max(1, min(w, -(-tiles_per_image // rows)))
-    th, tw = -(-h // rows), -(-w // cols)
-    x = jnp.pad(x, ((0, 0), (1, 1 + rows * th - h), (1, 1 + cols * tw - w), (0, 0)))
-    cotangent = jnp.pad(cotangent, ((0, 0), (0, rows * th - h), (0, cols * tw - w), (0, 0)))
-    x_tiles = jnp.stack([x[:, i * th:(i + 1) * th + 2, j * tw:(j + 1) * tw + 2]
-                         for i in range(rows) for j in range(cols)], axis=1)
-    x_tiles = x_tiles.reshape(b * rows * cols, th + 2, tw + 2, cin)
-    g_tiles = cotangent.reshape(b, rows, th, cols, tw, cout).transpose(0, 1, 3, 2, 4, 5)
-    g_tiles = g_tiles.reshape(b * rows * cols, th, tw, cout)
-    zeros = jnp.zeros((3, 3, cin, cout), x.dtype)
-    return jax.vjp(lambda k: convolve(x_tiles, k, "VALID"), zeros)[1](g_tiles)[0]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_tiled_weight_grad(x, kernel, tiles_per_image):
-    return convolve(x, kernel)
-
-
-def _conv_tiled_forward(x, kernel, tiles_per_image):
-    return convolve(x, kernel), (x, kernel)
-
-
-def _conv_tiled_backward(tiles_per_image, saved, cotangent):
-    x, kernel = saved
-    dx = jax.vjp(lambda x: convolve(x, kernel), x)[1](cotangent)[0]
-    return dx, weight_gradient_by_tiles(x, cotangent, tiles_per_image)
-
-
-_conv_tiled_weight_grad.defvjp(_conv_tiled_forward, _conv_tiled_backward)
-
-
-MIN_TILES = 4  # fewer tiles per image do not pay for their copies (2 tiles: +3.5 % per step)
-
-
-def weight_grad_tiles(weight_grad_batch, batch):
-    """Tiles per image for `weight_gradient_by_tiles` at this batch size, or 0 (XLA's own)."""
-    tiles = -(-weight_grad_batch // batch)
-    return tiles if tiles >= MIN_TILES else 0
-
-
-CONV_BACKENDS = ("auto", "xla", "onednn")
-
-
-def conv3x3(p, x, dtype, weight_grad_batch=0, backend="xla", relu=False):
-    """3×3, stride-1, SAME convolution of NHWC `x` in `dtype`, plus bias, then ReLU if `relu`;
-    by XLA, or by oneDNN (`onednn_conv`, which applies bias and ReLU as it writes the output).
-    On XLA, with a batch at least `MIN_TILES` times smaller than `weight_grad_batch`, the
-    kernel's gradient is computed over about `weight_grad_batch` image tiles
-    (`weight_gradient_by_tiles`; the same values)."""
-    x, kernel, bias = x.astype(dtype), p["kernel"].astype(dtype), p["bias"].astype(dtype)
-    if backend == "onednn":
-        return onednn_conv.conv3x3(x, kernel, bias, relu)
-    tiles = weight_grad_tiles(weight_grad_batch, x.shape[0])
-    y = (_conv_tiled_weight_grad(x, kernel, tiles) if tiles else convolve(x, kernel)) + bias
-    return nn.relu(y) if relu else y
-
-
-def side_by_side(p1, p2):
-    """The parameters of one conv that computes two convs of the same input at once: its output
-    is cat(conv(x, p1), conv(x, p2)) (kernels stacked on the output axis)."""
-    return {k: jnp.concatenate([p1[k], p2[k]], axis=-1) for k in ("kernel", "bias")}
+def conv3x3(x, kernel, bias, activation=None):
+    """`activation(x ⋆ kernel + bias)`: the network's one layer type, a 3×3, stride-1, SAME
+    convolution of NHWC `x` with a (3, 3, C_in, C_out) kernel (XLA's convolution)."""
+    y = convolve(x, kernel) + bias
+    return y if activation is None else activation(y)
 
 
 def remat(fn):
-    """`fn(params, *inputs)` that keeps only its inputs for the backward pass and recomputes the
-    rest there. Unlike `jax.checkpoint`, whose optimisation barriers XLA CPU drops (it then
-    merges the recomputation back into the forward pass and saves nothing), the recomputation
-    reads the incoming cotangent, so no compiler can schedule it before it is needed."""
-    @jax.custom_vjp
-    def wrapped(params, *inputs):
-        return fn(params, *inputs)
-
-    def forward(params, *inputs):
-        return fn(params, *inputs), (params, inputs)
-
-    def backward(saved, cotangent):
-        params, inputs = saved
-        first = jax.tree.leaves(cotangent)[0].reshape(-1)[0]
-        # 0 · c is not folded away for floats (NaN semantics): a real data dependence
-        inputs = jax.tree.map(lambda x: x + (0 * first).astype(x.dtype), inputs)
-        return jax.vjp(fn, params, *inputs)[1](cotangent)
-
-    wrapped.defvjp(forward, backward)
+    """`fn(*inputs)` that keeps only its inputs (and the arrays it closes over) for the
+    backward pass and recomputes the rest there. Unlike `jax.checkpoint`, whose optimisation
+    barriers XLA CPU drops (it then merges the recomputation back into the forward pass and
+    saves nothing), the recomputation reads the incoming cotangent, so no compiler can
+    schedule it before it is needed. Reverse mode only (a custom VJP)."""
+    def wrapped(*inputs):
+        closed, consts = jax.closure_convert(fn, *inputs)
+        return _remat_call(closed, consts, inputs)
     return wrapped
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _remat_call(fn, consts, inputs):
+    return fn(*inputs, *consts)
+
+
+def _remat_forward(fn, consts, inputs):
+    return fn(*inputs, *consts), (consts, inputs)
+
+
+def _remat_backward(fn, saved, cotangent):
+    consts, inputs = saved
+    first = jax.tree.leaves(cotangent)[0].reshape(-1)[0]
+    # 0 · c is not folded away for floats (NaN semantics): a real data dependence
+    inputs = jax.tree.map(lambda x: x + (0 * first).astype(x.dtype), inputs)
+    _, vjp = jax.vjp(lambda c, i: fn(*i, *c), consts, inputs)
+    return vjp(cotangent)
+
+
+_remat_call.defvjp(_remat_forward, _remat_backward)
+
+
+def _no_remat(fn):
+    return fn
 
 
 class IFESNet(nn.Module):
@@ -173,21 +105,17 @@ class IFESNet(nn.Module):
     layers read cat(F'_n, F''_n): features cross both ways at every stage.
     interactive=False ("w/o IFEM", Fig. 9b): the SHFENet branches run on their own
     (F'_n = C(F'_{n-1}), F'_0 = I1) and only deliver one way into IVIFNet, which adds them to
-    its own stream: F_{n+1} = C²(cat(F_n + F'_n, F_n + F''_n)). Every conv keeps its output
-    width, and IVIFNet and the heads keep their exact shapes; only the input widths of the
-    SHFENet stage layers differ (they read the previous SHFENet layer, not F_n).
+    its own stream: F_{n+1} = C²(cat(F_n + F'_n, F_n + F''_n)). IVIFNet and the heads keep
+    their exact shapes; only the input widths of the SHFENet stage layers differ.
     hierarchical_connection (Fig. 10): the features delivered by stage n-1 are also
     concatenated into the input of stage n+1 (and of the fusion head after the last stage).
-    remat: each segment (the stem, every stage, the fusion head, each reconstruction head)
-    keeps only its inputs for the backward pass and recomputes its activations there: the
-    same gradients in less memory, for about one more forward pass.
-    weight_grad_batch: compute the kernels' gradients over about this many image tiles when
-    the batch is small (`conv3x3`): the same gradients, faster on XLA CPU; 0 is XLA's own.
-    conv_backend: "xla", or "onednn" (CPU only: `onednn_conv`; 1.3–2.5× faster convolutions
-    there, and bfloat16 at twice the float32 rate).
+    remat: each segment (the stem, every stage, each head) keeps only its inputs for the
+    backward pass and recomputes its activations there (`remat`): the same gradients in less
+    memory, for about one more forward pass; reverse-mode differentiation only.
+    conv: the layer, `conv3x3(x, kernel, bias, activation)`.
 
-    The parameters are declared per conv (`ConvParams`, the layer names of §III.B); the network
-    itself is the pure function of them that `__call__` runs segment by segment.
+    Every conv's parameters are one entry {"kernel", "bias"} named as in §III.B (ivif_n,
+    shfe_ir_n, shfe_vis_n, head_n, recon_*), declared as the network first runs at `init`.
     """
 
     num_stages: int = 3
@@ -199,126 +127,119 @@ class IFESNet(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     remat: bool = False
-    weight_grad_batch: int = 0
-    conv_backend: str = "xla"
-
-    def _widths(self) -> Sequence[int]:
-        return [scaled(c, self.width_multiplier) for c in STAGE_CHANNELS[: self.num_stages]]
-
-    def layers(self) -> dict[str, tuple[int, int]]:
-        """(C_in, C_out) of every conv, by name, in the order they run."""
-        widths = self._widths()
-        layers = {"ivif_1": (2, widths[0]), "ivif_2": (widths[0], widths[0])}
-        delivered = []
-        shfe_in = (widths[0], widths[0]) if self.interactive else (1, 1)
-        for n, width in enumerate(widths, start=1):
-            layers[f"shfe_ir_{n}"] = (shfe_in[0], width)
-            layers[f"shfe_vis_{n}"] = (shfe_in[1], width)
-            delivered.append(2 * width)
-            stage_in = delivered[-1] + (delivered[-2] if self.hierarchical_connection and n > 1 else 0)
-            if n < len(widths):
-                layers[f"ivif_{2 * n + 1}"] = (stage_in, widths[n])
-                layers[f"ivif_{2 * n + 2}"] = (widths[n], widths[n])
-            shfe_in = (widths[n], widths[n]) if self.interactive and n < len(widths) else (width, width)
-        cin = stage_in
-        for i, c in enumerate(FUSION_HEAD_CHANNELS):
-            layers[f"head_{i + 1}"] = (cin, cin := scaled(c, self.width_multiplier))
-        layers["head_weights"] = (cin, 2)
-        for source in ("ir", "vis"):
-            cin = widths[-1]
-            for i, c in enumerate(RECON_HEAD_CHANNELS):
-                layers[f"recon_{source}_{i + 1}"] = (cin, cin := scaled(c, self.width_multiplier))
-            layers[f"recon_{source}_out"] = (cin, 1)
-        return layers
+    conv: Callable = conv3x3
 
     @nn.compact
     def __call__(self, ir_BHW1, vis_BHW1):
-        if not 1 <= self.num_stages <= len(STAGE_CHANNELS):
-            raise ConfigError(f"num_stages must be in 1..{len(STAGE_CHANNELS)}, got {self.num_stages}")
-        if self.weight_activation not in WEIGHT_ACTIVATIONS:
-            raise ConfigError(f"weight_activation must be one of {WEIGHT_ACTIVATIONS}, "
-                              f"got {self.weight_activation!r}")
-        if self.conv_backend not in ("xla", "onednn"):
-            raise ConfigError(f"conv_backend must be 'xla' or 'onednn', got {self.conv_backend!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        params = {}
-        for name, (cin, cout) in self.layers().items():
-            # He init keeps the signal's scale through 16 ReLU layers; the output convs use LeCun.
-            output = name in ("head_weights", "recon_ir_out", "recon_vis_out")
-            init = nn.initializers.lecun_normal() if output else nn.initializers.kaiming_normal()
-            params[name] = ConvParams(cin, cout, init, self.param_dtype, name=name)()
-        return self.forward(params, jnp.asarray(ir_BHW1, jnp.float32), jnp.asarray(vis_BHW1, jnp.float32))
+        self._check()
+        ir, vis = jnp.asarray(ir_BHW1, jnp.float32), jnp.asarray(vis_BHW1, jnp.float32)
+        if self.is_initializing():  # parameters are declared as the convs are first reached
+            return self.network(self._declare_and_conv, _no_remat, ir, vis)
+        conv = functools.partial(self._conv, self.variables["params"])
+        return self.network(conv, remat if self.remat else _no_remat, ir, vis)
 
-    def forward(self, params, ir_BHW1, vis_BHW1):
-        """The network as a pure function of its parameters (eqs. 1-5)."""
-        act = ACTIVATIONS[self.activation]
-        segment = remat if self.remat else (lambda fn: fn)
+    # -------------------------------------------------------------- the network, once
 
-        def convs(p, x, names, last_linear=False):
-            for i, name in enumerate(names):
-                linear = last_linear and i == len(names) - 1
-                relu = not linear and self.activation == "relu"  # applied by the conv
-                x = conv3x3(p[name], x, self.dtype, self.weight_grad_batch, self.conv_backend, relu)
-                x = x if linear or relu else act(x)
-            return x
-
-        def pick(*names):
-            return {n: params[n] for n in names}
-
-        widths = self._widths()
-        stem = segment(lambda p, ir, vis: convs(p, jnp.concatenate([ir, vis], -1), ["ivif_1", "ivif_2"]))
-        fused = stem(pick("ivif_1", "ivif_2"), ir_BHW1, vis_BHW1)  # F_1
-
-        def stage(n, p, fused, ir_feat, vis_feat, previous):
-            if self.interactive:  # both SHFENet layers read F_n: one conv with both kernels
-                both = convs({"shfe": side_by_side(p[f"shfe_ir_{n}"], p[f"shfe_vis_{n}"])},
-                             fused, ["shfe"])  # cat(F'_n, F''_n)
-                ir_feat, vis_feat = jnp.split(both, 2, axis=-1)
-                delivered = [both]
-            else:
-                ir_feat = convs(p, ir_feat, [f"shfe_ir_{n}"])
-                vis_feat = convs(p, vis_feat, [f"shfe_vis_{n}"])
-                delivered = [fused + ir_feat, fused + vis_feat]
-            stage_input = jnp.concatenate(delivered + (previous if self.hierarchical_connection else []), -1)
-            if n < len(widths):  # IVIFNet's next pair: F_{n+1}
-                stage_input = convs(p, stage_input, [f"ivif_{2 * n + 1}", f"ivif_{2 * n + 2}"])
-            return stage_input, ir_feat, vis_feat, delivered
-
-        ir_feat, vis_feat = ir_BHW1.astype(self.dtype), vis_BHW1.astype(self.dtype)
+    def network(self, conv, segment, ir, vis):
+        """Fig. 3 (eqs. 1–5) given `conv(names, x, features, hidden=True)`, one conv (or
+        several of the same input, side by side) by layer name, and `segment`, a wrapper for
+        the stem, each stage and each head (`remat` or none)."""
+        widths = [scaled(c, self.width_multiplier) for c in STAGE_CHANNELS[: self.num_stages]]
+        fused = segment(lambda ir, vis: conv("ivif_2", conv("ivif_1", jnp.concatenate([ir, vis], -1),
+                                                              widths[0]), widths[0]))(ir, vis)  # F_1
+        ir_feat, vis_feat = ir.astype(self.dtype), vis.astype(self.dtype)
         previous = []
-        for n in range(1, len(widths) + 1):
-            names = [f"shfe_ir_{n}", f"shfe_vis_{n}"] + (
-                [f"ivif_{2 * n + 1}", f"ivif_{2 * n + 2}"] if n < len(widths) else [])
-            run = segment(functools.partial(stage, n))
-            fused, ir_feat, vis_feat, previous = run(pick(*names), fused, ir_feat, vis_feat, previous)
+        for n in range(1, self.num_stages + 1):
+            stage = segment(functools.partial(self.stage, conv, n, widths))
+            fused, ir_feat, vis_feat, previous = stage(fused, ir_feat, vis_feat, previous)
+        weights = segment(functools.partial(self.fusion_head, conv))(fused)
+        recon_ir = segment(functools.partial(self.recon_head, conv, "ir"))(ir_feat)
+        recon_vis = segment(functools.partial(self.recon_head, conv, "vis"))(vis_feat)
+        fused_image = weights[..., :1] * ir + weights[..., 1:] * vis  # eq. 4
+        return {"fused": fused_image, "weights": weights, "recon_ir": recon_ir, "recon_vis": recon_vis}
 
-        head_names = [f"head_{i + 1}" for i in range(len(FUSION_HEAD_CHANNELS))] + ["head_weights"]
-        head = segment(lambda p, x: convs(p, x, head_names, last_linear=True))
-        weights = self._weight_activation(head(pick(*head_names), fused).astype(jnp.float32))
+    def stage(self, conv, n, widths, fused, ir_feat, vis_feat, previous):
+        """IFEM stage n (eqs. 1, 3, 5): SHFENet's two layers, then IVIFNet's next pair."""
+        if self.interactive:  # both SHFENet layers read F_n: one conv with both kernels
+            both = conv((f"shfe_ir_{n}", f"shfe_vis_{n}"), fused, widths[n - 1])  # cat(F'_n, F''_n)
+            ir_feat, vis_feat = jnp.split(both, 2, axis=-1)
+            delivered = [both]
+        else:  # F'_n = C(F'_{n-1}); IVIFNet adds them to its own stream
+            ir_feat = conv(f"shfe_ir_{n}", ir_feat, widths[n - 1])
+            vis_feat = conv(f"shfe_vis_{n}", vis_feat, widths[n - 1])
+            delivered = [fused + ir_feat, fused + vis_feat]
+        x = jnp.concatenate(delivered + (previous if self.hierarchical_connection else []), -1)
+        if n < self.num_stages:  # F_{n+1} = C²(...)
+            x = conv(f"ivif_{2 * n + 2}", conv(f"ivif_{2 * n + 1}", x, widths[n]), widths[n])
+        return x, ir_feat, vis_feat, delivered
 
-        recon = {}
-        for source, feat in (("ir", ir_feat), ("vis", vis_feat)):
-            names = [f"recon_{source}_{i + 1}" for i in range(len(RECON_HEAD_CHANNELS))]
-            names.append(f"recon_{source}_out")
-            run = segment(functools.partial(convs, names=names, last_linear=True))
-            recon[source] = nn.sigmoid(run(pick(*names), feat).astype(jnp.float32))
-
-        fused_image = weights[..., :1] * ir_BHW1 + weights[..., 1:] * vis_BHW1
-        return {"fused": fused_image, "weights": weights,
-                "recon_ir": recon["ir"], "recon_vis": recon["vis"]}
-
-    def _weight_activation(self, logits):
+    def fusion_head(self, conv, x):
+        """IVIFNet's last layers: W = C⁴(·), two weight maps (eq. 4)."""
+        for i, channels in enumerate(FUSION_HEAD_CHANNELS, start=1):
+            x = conv(f"head_{i}", x, scaled(channels, self.width_multiplier))
+        logits = conv("head_weights", x, 2, False).astype(jnp.float32)
         if self.weight_activation == "sigmoid":
             return nn.sigmoid(logits)  # two independent maps: W1 + W2 is free (eq. 13)
         if self.weight_activation == "softmax":
             return jax.nn.softmax(logits, axis=-1)
         return logits
 
+    def recon_head(self, conv, source, x):
+        """SHFENet's last layers: the reconstructed source, C³(F'_N) (eq. 2)."""
+        for i, channels in enumerate(RECON_HEAD_CHANNELS, start=1):
+            x = conv(f"recon_{source}_{i}", x, scaled(channels, self.width_multiplier))
+        return nn.sigmoid(conv(f"recon_{source}_out", x, 1, False).astype(jnp.float32))
+
+    # ------------------------------------------------------------------ the layers
+
+    def _conv(self, params, names, x, features, hidden=True):
+        """One conv, or several of the same input as one (kernels stacked on the output
+        axis), in `dtype`, then the activation unless it is an output layer."""
+        names = (names,) if isinstance(names, str) else names
+        p = [params[name] for name in names]
+        kernel = jnp.concatenate([q["kernel"] for q in p], -1).astype(self.dtype)
+        bias = jnp.concatenate([q["bias"] for q in p], -1).astype(self.dtype)
+        return self.conv(x.astype(self.dtype), kernel, bias,
+                         ACTIVATIONS[self.activation] if hidden else None)
+
+    def _declare_and_conv(self, names, x, features, hidden=True):
+        names = (names,) if isinstance(names, str) else names
+        params = {name: self.param(name, self._conv_init(name), (x.shape[-1], features))
+                  for name in names}
+        return self._conv(params, names, x, features, hidden)
+
+    def _conv_init(self, name):
+        # He init keeps the signal's scale through 16 ReLU layers; the output convs use LeCun.
+        kernel_init = nn.initializers.lecun_normal() if name in OUTPUT_LAYERS else nn.initializers.kaiming_normal()
+
+        def init(rng, shape):
+            cin, cout = shape
+            return {"kernel": kernel_init(rng, (3, 3, cin, cout), self.param_dtype),
+                    "bias": jnp.zeros((cout,), self.param_dtype)}
+        return init
+
+    def _check(self):
+        if not 1 <= self.num_stages <= len(STAGE_CHANNELS):
+            raise ConfigError(f"num_stages must be in 1..{len(STAGE_CHANNELS)}, got {self.num_stages}")
+        if self.weight_activation not in WEIGHT_ACTIVATIONS:
+            raise ConfigError(f"weight_activation must be one of {WEIGHT_ACTIVATIONS}, "
+                              f"got {self.weight_activation!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+
+    def layers(self) -> dict[str, tuple[int, int]]:
+        """(C_in, C_out) of every conv, by name: read from the
+        parameters' shapes (no computation)."""
+        x = jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.float32)
+        shapes = jax.eval_shape(self.init, jax.random.key(0), x, x)["params"]
+        return {name: p["kernel"].shape[2:] for name, p in shapes.items()}
+
 
 def from_config(model_config, half_precision: bool = False) -> IFESNet:
     """An `IFESNet` from the `config.model` block of a config file; `half_precision` computes
-    in bfloat16 (parameters stay in `param_dtype`)."""
+    in bfloat16 (parameters stay in `param_dtype`). The convolution is the one
+    `ifes_jax.cpu.conv_for` picks for `model.conv_backend` on this platform."""
+    from ifes_jax import cpu
     return IFESNet(
         num_stages=model_config.num_stages,
         hierarchical_connection=model_config.hierarchical_connection,
@@ -329,34 +250,5 @@ def from_config(model_config, half_precision: bool = False) -> IFESNet:
         dtype=jnp.bfloat16 if half_precision else jnp.dtype(model_config.dtype),
         param_dtype=jnp.dtype(model_config.param_dtype),
         remat=model_config.get("remat", False),
-        # a CPU lever (XLA CPU's weight-gradient convolution); accelerators keep their own
-        weight_grad_batch=(model_config.get("weight_grad_batch", 0)
-                           if jax.default_backend() == "cpu" else 0),
-        conv_backend=conv_backend(model_config.get("conv_backend", "auto")),
+        conv=cpu.conv_for(model_config.get("conv_backend", "auto")),
     )
-
-
-def conv_backend(requested: str, platform: str | None = None) -> str:
-    """The convolutions the model runs on: "onednn" where asked for or, for "auto", on a CPU
-    where it can be built (`onednn_conv.unavailable`); "xla" otherwise."""
-    if requested not in CONV_BACKENDS:
-        raise ConfigError(f"model.conv_backend must be one of {CONV_BACKENDS}, got {requested!r}")
-    on_cpu = (platform or jax.default_backend()) == "cpu"
-    if requested == "onednn":
-        if not on_cpu:
-            raise ConfigError("model.conv_backend='onednn' runs on the CPU only")
-        if (reason := onednn_conv.unavailable()) is not None:
-            raise ConfigError(f"model.conv_backend='onednn': {reason}")
-    if requested == "auto":
-        if not on_cpu:
-            return "xla"
-        if (reason := onednn_conv.unavailable()) is not None:
-            _warn_once(f"oneDNN convolutions unavailable ({reason}); using XLA's")
-            return "xla"
-        return "onednn"
-    return requested
-
-
-@functools.cache
-def _warn_once(message: str):
-    logging.warning(message)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ifes_jax import xla_flags
+from ifes_jax import cpu
 from ifes_jax.errors import ConfigError
 
 AXIS = "data"
@@ -117,5 +117,5 @@ def make_runner(kind: str, per_device_step: Callable[..., Any]) -> Runner:
     else:
         raise ValueError(f"train.parallel must be one of {KINDS}, got {kind!r}")
     # pmap is jit over shard_map in this JAX: the outer jit gives both the compiler options
-    wrapped = jax.jit(mapped, donate_argnums=0, compiler_options=xla_flags.training_compiler_options())
+    wrapped = jax.jit(mapped, donate_argnums=0, compiler_options=cpu.compiler_options())
     return Runner(kind, wrapped, mesh)

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from ifes_jax import checkpoint, host_memory, losses, model as model_lib, parallel, xla_flags
+from ifes_jax import checkpoint, cpu, losses, model as model_lib, parallel
 from ifes_jax.data import pipeline, synthetic
 from ifes_jax.data.images import write_png
 from ifes_jax.errors import ConfigError
@@ -105,9 +105,8 @@ def per_device_step(config):
 
 def make_train_step(config):
     """The jit-compiled single-device train step for `config`, donating the old state (with
-    the training compiler options, `xla_flags`)."""
-    return jax.jit(per_device_step(config), donate_argnums=0,
-                   compiler_options=xla_flags.training_compiler_options())
+    the platform's training compiler options, `cpu.compiler_options`)."""
+    return jax.jit(per_device_step(config), donate_argnums=0, compiler_options=cpu.compiler_options())
 
 
 def fuse_fn(apply_fn):
@@ -254,7 +253,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     from tensorboardX import SummaryWriter
     from tqdm import tqdm
 
-    host_memory.keep_freed_memory()  # no page faults on each step's fresh buffers (CPU)
     cfg_train = config.train
     local_batch = parallel.check_batch_size(cfg_train.batch_size, cfg_train.parallel)
     dataset = make_dataset(config, make_source(config), local_batch)  # bad data stops us here

@@ -10,8 +10,8 @@ compilation, the compile time, throughput, achieved FLOP/s and its fraction of t
 rate (on CPU a large float32 matmul timed in the same run; on a GPU the card's dense peak),
 and peak memory (host RSS; device memory where the backend reports it). Each train-step case
 runs in its own process (so its peak RSS is its own) and runs as training runs it (the
-compiler options of ifes_jax/xla_flags.py, host memory kept by ifes_jax/host_memory.py). On a CPU, `convs` times every convolution of
-the network alone (forward, input and weight gradient) on XLA's two convolution paths and on
+compiler options of ifes_jax/cpu/xla_flags.py, host memory kept by ifes_jax/cpu/host_memory.py).
+On a CPU, `convs` times every convolution of the network alone (forward, input and weight gradient) on XLA's two convolution paths and on
 oneDNN's (`model.conv_backend`; the train and inference cases use `--conv-backend`). `--tiny`
 runs every case once at toy sizes (the test suite does, so the script cannot rot); `--render
 JSON` prints the table of an earlier run.
@@ -33,7 +33,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import default, quickstart  # noqa: E402
-from ifes_jax import losses, metrics, model as model_lib, train  # noqa: E402
+from ifes_jax import cpu, losses, metrics, model as model_lib, train  # noqa: E402
 from ifes_jax.data import pipeline, synthetic  # noqa: E402
 
 # dense tensor-core peaks (FLOP/s) of cards we may be lent, SXM parts: (TF32, bfloat16). XLA runs
@@ -126,19 +126,17 @@ def case_inference(name, config, height, width, repeats, rates, tile=None, half=
             "fraction_of_reference": flops / seconds / rates["bfloat16" if half else "float32"]}
 
 
-# XLA's two CPU paths by compiler options (None: the train step's, ifes_jax/xla_flags.py), and
-# oneDNN through the FFI (ifes_jax/onednn_conv.py), where it builds
+# XLA's two CPU paths by compiler options (None: the train step's, ifes_jax/cpu/xla_flags.py),
+# and oneDNN through the FFI (ifes_jax/cpu/onednn_conv.py), where it builds
 CONV_PATHS = {"YNNPACK": {}, "XLA": None, "oneDNN": "onednn"}
 
 
 def case_convs(name, config, crop, batch, repeats, rates):
     """Every convolution of the network alone, forward, input gradient and weight gradient, on
     each CPU convolution path (XLA's two compiled with their own options, in this process, and
-    oneDNN's), and on XLA's path the weight gradient over image tiles that XLA training uses
-    (`model.weight_grad_batch`):
-    the summed time per kind and path over the network's layers, and each distinct shape's
+    oneDNN's): the summed time per kind and path over the network's layers, and each distinct shape's
     rate."""
-    from ifes_jax import onednn_conv, xla_flags
+    from ifes_jax.cpu import onednn_conv, xla_flags
     counts = collections.Counter(model_lib.from_config(config.model).layers().values())
     rng = np.random.default_rng(0)
     rows = []
@@ -165,13 +163,6 @@ def case_convs(name, config, crop, batch, repeats, rates):
                 _, seconds = timed(lambda: compiled(x, w, g), repeats)
                 totals[kind] += count * seconds
                 shape[kind + " GFLOP/s"] = flops / seconds / 1e9
-            tiles = model_lib.weight_grad_tiles(config.model.weight_grad_batch, batch)
-            if path == "XLA" and tiles:  # what training does on a CPU
-                compiled = jax.jit(lambda x, g: model_lib.weight_gradient_by_tiles(x, g, tiles)).lower(
-                    x, g).compile(compiler_options=options)
-                _, seconds = timed(lambda: compiled(x, g), repeats)
-                totals["weight grad, tiled"] = totals.get("weight grad, tiled", 0.0) + count * seconds
-                shape["weight grad, tiled GFLOP/s"] = flops / seconds / 1e9
             shapes.append(shape)
         flops = sum(2 * 9 * cin * cout * n for (cin, cout), n in counts.items()) * batch * crop * crop
         for kind, seconds in totals.items():
@@ -275,13 +266,12 @@ def train_in_own_process(name, tiny, repeats, rates, conv_backend):
 
 
 def one_train_case(name, tiny, repeats, rates, conv_backend):
-    from ifes_jax import host_memory, xla_flags
-    host_memory.keep_freed_memory()  # as the training loop does
+    cpu.configure_process()  # as scripts/train.py does
     cfg, crop, batch = train_cases(tiny, jax.devices()[0].platform == "gpu")[name]
     cfg.model.conv_backend = conv_backend
     return (case_train(name, cfg, crop, batch, repeats, rates) | memory()
-            | {"compiler_options": xla_flags.training_compiler_options(),
-               "conv_backend": model_lib.conv_backend(conv_backend)})
+            | {"compiler_options": cpu.compiler_options(),
+               "conv_backend": cpu.conv_name(conv_backend)})
 
 
 class Rows(list):
@@ -307,7 +297,7 @@ def run(cases, tiny, repeats, plot, on_row=lambda rows: None, conv_backend="auto
     head = {"device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
             "device_count": jax.device_count(), "reference": rate_source,
             "reference_flop_per_s": rates, "jax": jax.__version__,
-            "conv_backend": model_lib.conv_backend(conv_backend)}
+            "conv_backend": cpu.conv_name(conv_backend)}
     rows = Rows(lambda rows: on_row(head | {"rows": list(rows)}))
     q, d = quickstart.get_config(), default.get_config()
     q.model.conv_backend = d.model.conv_backend = conv_backend

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ifes_jax import parallel, train  # noqa: E402
+from ifes_jax import cpu, parallel, train  # noqa: E402
 from ifes_jax.errors import InputError  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file (e.g. configs/quickstart.py).",
@@ -30,6 +30,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
     FLAGS = flags.FLAGS
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    cpu.configure_process()  # process-wide CPU settings (glibc's malloc); nothing elsewhere
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (InputError, train.NonFiniteLossError) as exc:

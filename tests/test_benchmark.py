@@ -21,10 +21,10 @@ def test_every_benchmark_case_runs_once(tmp_path):
     kinds = [r["kind"] for r in rows]
     assert kinds.count("train step") == 7 and kinds.count("inference") == 7
     assert kinds.count("loss (value + grad)") == 2 and kinds.count("input pipeline") == 2
-    from ifes_jax import onednn_conv
-    conv_paths = 3 if onednn_conv.unavailable() is None else 2  # YNNPACK, XLA (+ tiled), oneDNN
+    from ifes_jax.cpu import native
+    conv_paths = 3 if native.unavailable() is None else 2  # YNNPACK, XLA, oneDNN
     assert kinds.count("metrics per pair") == 1
-    assert kinds.count("convolutions") == 2 * (3 * conv_paths + 1)
+    assert kinds.count("convolutions") == 2 * 3 * conv_paths
     assert all(r["seconds"] > 0 and np.isfinite(r["seconds"]) for r in rows)
     assert plot.exists() and "| case |" in result.stdout
     rendered = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),

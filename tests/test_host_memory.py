@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = """
 import ctypes, resource, sys
 sys.path.insert(0, {root!r})
-from ifes_jax import host_memory
+from ifes_jax.cpu import host_memory
 applied = host_memory.keep_freed_memory()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p

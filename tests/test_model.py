@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ifes_jax import model, onednn_conv
+from ifes_jax import cpu, model
+from ifes_jax.cpu import native
 from ifes_jax.model import IFESNet
 
 
@@ -75,7 +76,7 @@ def _np_ifesnet(params, ir, vis, num_stages, hc, interactive):
 
 
 ONEDNN = pytest.param("onednn", marks=pytest.mark.skipif(  # test_onednn_conv checks it builds
-    onednn_conv.unavailable() is not None, reason="oneDNN cannot be built here"))
+    native.unavailable() is not None, reason="oneDNN cannot be built here"))
 
 
 @pytest.mark.parametrize("backend", ["xla", ONEDNN])
@@ -83,7 +84,7 @@ ONEDNN = pytest.param("onednn", marks=pytest.mark.skipif(  # test_onednn_conv ch
                          [(3, False, True), (2, True, True), (3, False, False), (4, True, False)])
 def test_forward_matches_a_numpy_reference(num_stages, hc, interactive, backend):
     net = IFESNet(num_stages=num_stages, hierarchical_connection=hc, interactive=interactive,
-                  width_multiplier=0.0625, conv_backend=backend)
+                  width_multiplier=0.0625, conv=cpu.conv_for(backend))
     rng = np.random.default_rng(5)
     ir = rng.uniform(size=(2, 11, 9, 1)).astype(np.float32)
     vis = rng.uniform(size=(2, 11, 9, 1)).astype(np.float32)
@@ -92,37 +93,6 @@ def test_forward_matches_a_numpy_reference(num_stages, hc, interactive, backend)
                            num_stages, hc, interactive)
     for key, value in expected.items():
         np.testing.assert_allclose(out[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
-
-
-def _np_weight_gradient(x, g):
-    """∂L/∂kernel of a 3×3 SAME cross-correlation: Σ over pixels of the shifted input times
-    the output cotangent (float64)."""
-    height, width = x.shape[1:3]
-    padded = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return np.array([[np.einsum("bhwc,bhwo->co", padded[:, i:i + height, j:j + width], g)
-                      for j in range(3)] for i in range(3)])
-
-
-@pytest.mark.parametrize("shape,tiles", [((1, 13, 17), 4), ((2, 32, 32), 9), ((1, 5, 40), 16),
-                                         ((3, 16, 12), 6)])
-def test_weight_gradient_by_tiles_matches_a_numpy_reference(shape, tiles):
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal(shape + (3,)).astype(np.float32)
-    g = rng.standard_normal(shape + (5,)).astype(np.float32)
-    got = model.weight_gradient_by_tiles(jnp.asarray(x), jnp.asarray(g), tiles)
-    np.testing.assert_allclose(got, _np_weight_gradient(x, g), rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("batch", [1, 2])
-def test_tiled_weight_gradients_equal_the_plain_ones(batch):
-    rng = np.random.default_rng(8)
-    ir = jnp.asarray(rng.uniform(size=(batch, 21, 26, 1)), jnp.float32)
-    vis = jnp.asarray(rng.uniform(size=(batch, 21, 26, 1)), jnp.float32)
-    params = IFESNet(width_multiplier=0.125).init(jax.random.key(0), ir, vis)["params"]
-    plain = _grad_fn(IFESNet(width_multiplier=0.125), ir, vis)(params)
-    tiled = _grad_fn(IFESNet(width_multiplier=0.125, weight_grad_batch=16), ir, vis)(params)
-    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(tiled)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "linear", "softmax"])

@@ -1,8 +1,9 @@
-"""oneDNN convolutions through the XLA FFI (`ifes_jax.onednn_conv`): the forward pass and both
-gradients against NumPy references, the model's gradients against XLA's convolutions, and the
-backend choice."""
+"""oneDNN convolutions through the XLA FFI (`ifes_jax.cpu.onednn_conv`): the forward pass and
+both gradients against NumPy references, every JAX transform of the model built by
+`from_config` against the same model on XLA's convolutions, the backend choice and the build."""
 import os
 import platform
+import re
 import shutil
 import sys
 
@@ -11,7 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ifes_jax import model, onednn_conv
+from configs import quickstart
+from ifes_jax import cpu, model
+from ifes_jax.cpu import native, onednn_conv
 from ifes_jax.errors import ConfigError
 from ifes_jax.model import IFESNet
 
@@ -74,7 +77,7 @@ def test_forward_and_gradients_match_numpy(shape, cin, cout, relu, by_products, 
     k = (rng.standard_normal((3, 3, cin, cout)) / np.sqrt(9 * cin)).astype(np.float32)
     b = rng.standard_normal(cout).astype(np.float32)
     g = rng.standard_normal(shape + (cout,)).astype(np.float32)
-    conv = jax.jit(lambda x, k, b: onednn_conv.conv3x3(x, k, b, relu))
+    conv = jax.jit(lambda x, k, b: onednn_conv.conv3x3(x, k, b, jax.nn.relu if relu else None))
     y, vjp = jax.vjp(conv, jnp.asarray(x), jnp.asarray(k), jnp.asarray(b))
     dx, dk, db = vjp(jnp.asarray(g))
     pre = _np_conv(x, k) + b
@@ -120,7 +123,7 @@ def test_model_gradients_equal_those_of_xla_convolutions(interactive):
     params = IFESNet(**kw).init(jax.random.key(0), ir, vis)["params"]
 
     def grads(backend):
-        net = IFESNet(conv_backend=backend, **kw)
+        net = IFESNet(conv=cpu.conv_for(backend), **kw)
         def loss(p):
             out = net.apply({"params": p}, ir, vis)
             return jnp.mean(jnp.square(out["fused"]) + out["recon_ir"])
@@ -149,19 +152,111 @@ def test_mismatched_operands_are_an_error():
 
 
 def test_backend_choice():
-    assert model.conv_backend("xla") == "xla"
-    assert model.conv_backend("auto", platform="gpu") == "xla"
+    assert cpu.conv_name("xla") == "xla"
+    assert cpu.conv_name("auto", platform="gpu") == "xla"
+    assert cpu.conv_for("auto", platform="gpu") is model.conv3x3
     with pytest.raises(ConfigError, match="CPU only"):
-        model.conv_backend("onednn", platform="gpu")
+        cpu.conv_name("onednn", platform="gpu")
     with pytest.raises(ConfigError, match="conv_backend must be one of"):
-        model.conv_backend("mkl")
+        cpu.conv_name("mkl")
     expected = "onednn" if onednn_conv.unavailable() is None else "xla"
-    assert model.conv_backend("auto", platform="cpu") == expected
+    assert cpu.conv_name("auto", platform="cpu") == expected
 
 
 def test_a_failed_build_names_its_cause(monkeypatch, tmp_path):
     monkeypatch.setenv("IFES_JAX_ONEDNN_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "no-such-compiler-xyz")
     with pytest.raises(onednn_conv.Unavailable, match="no C.. compiler|x86-64 Linux|package"):
-        onednn_conv.build()
+        native.build()
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+@needs_onednn
+def test_a_cached_library_that_no_longer_matches_its_digest_is_rebuilt(monkeypatch, tmp_path):
+    monkeypatch.setenv("IFES_JAX_ONEDNN_CACHE", str(tmp_path))
+    library = native.build()
+    good = library.read_bytes()
+    library.write_bytes(good[:1000] + bytes(64) + good[1064:])  # bytes flipped on disk
+    assert native.build() == library and library.read_bytes() == good
+    library.with_name(library.name + ".sha256").unlink()  # no recorded digest: not trusted either
+    assert not native._intact(library)
+
+
+# ------------------------------------- every transform through the model built by from_config
+
+def _models():
+    """The quickstart-width model on the default CPU path and on XLA's, with parameters."""
+    config = quickstart.get_config().model
+    config.width_multiplier = 0.0625
+    default = model.from_config(config)
+    config.conv_backend = "xla"
+    reference = model.from_config(config)
+    rng = np.random.default_rng(4)
+    ir = jnp.asarray(rng.uniform(size=(2, 14, 12, 1)), jnp.float32)
+    vis = jnp.asarray(rng.uniform(size=(2, 14, 12, 1)), jnp.float32)
+    params = default.init(jax.random.key(0), ir, vis)["params"]
+    return default, reference, params, ir, vis
+
+
+def _objective(net, ir, vis):
+    def f(params):
+        out = net.apply({"params": params}, ir, vis)
+        return jnp.mean(out["fused"] ** 2) + jnp.mean(out["recon_ir"] * out["recon_vis"])
+    return f
+
+
+def _close(a, b, rtol=2e-4):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * float(np.abs(np.asarray(y)).max()))
+
+
+@needs_onednn
+def test_from_config_picks_onednn_on_the_cpu():
+    default, reference, *_ = _models()
+    assert default.conv is onednn_conv.conv3x3 and reference.conv is model.conv3x3
+
+
+@needs_onednn
+def test_grad_and_jvp_of_the_default_cpu_model_equal_the_xla_path():
+    default, reference, params, ir, vis = _models()
+    _close(jax.jit(jax.grad(_objective(default, ir, vis)))(params),
+           jax.grad(_objective(reference, ir, vis))(params))
+    tangent = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
+    jvp = lambda net: lambda p, t: jax.jvp(_objective(net, ir, vis), (p,), (t,))  # noqa: E731
+    _close(jax.jit(jvp(default))(params, tangent), jvp(reference)(params, tangent))
+    # the image too: forward mode through the inputs (a Jacobian column of the fused image)
+    column = lambda net: jax.jvp(lambda x: net.apply({"params": params}, x, vis)["fused"],  # noqa: E731
+                                 (ir,), (jnp.ones_like(ir),))[1]
+    _close(column(default), column(reference))
+
+
+@needs_onednn
+def test_hessian_vector_products_of_the_default_cpu_model_equal_the_xla_path():
+    default, reference, params, ir, vis = _models()
+    tangent = jax.tree.map(lambda p: jnp.full_like(p, 0.05), params)
+
+    def forward_over_reverse(net):
+        return lambda p: jax.jvp(jax.grad(_objective(net, ir, vis)), (p,), (tangent,))[1]
+
+    def reverse_over_reverse(net):
+        grad = jax.grad(_objective(net, ir, vis))
+        return jax.grad(lambda p: sum(jnp.vdot(g, t) for g, t in zip(
+            jax.tree.leaves(grad(p)), jax.tree.leaves(tangent))))
+
+    for hvp in (forward_over_reverse, reverse_over_reverse):
+        _close(jax.jit(hvp(default))(params), hvp(reference)(params), rtol=1e-3)
+
+
+@needs_onednn
+def test_vmap_of_the_default_cpu_model_is_batched_not_sequential():
+    default, reference, params, ir, vis = _models()
+    stacked = jnp.stack([ir, vis, 0.5 * ir])  # (3, 2, H, W, 1): a batch of batches
+    fuse = lambda net: jax.vmap(lambda x: net.apply({"params": params}, x, vis)["fused"])  # noqa: E731
+    _close(jax.jit(fuse(default))(stacked), fuse(reference)(stacked))
+    jaxpr = str(jax.make_jaxpr(fuse(default))(stacked))
+    assert "while" not in jaxpr and "scan" not in jaxpr  # one call per layer, all 6 images
+    assert re.search(r"f32\[6,14,12,\d+\] = ifes_onednn_conv\[", jaxpr)
+    # per-example gradients: vmap of grad (kernel gradients batched over the examples)
+    per_example = lambda net: jax.vmap(  # noqa: E731
+        lambda i, v: jax.grad(_objective(net, i[None], v[None]))(params))
+    _close(jax.jit(per_example(default))(ir, vis), per_example(reference)(ir, vis))

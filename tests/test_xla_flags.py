@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from ifes_jax import train, xla_flags
+from ifes_jax import train
+from ifes_jax.cpu import xla_flags
 from ifes_jax.data import synthetic
 
 applies = pytest.mark.skipif(not xla_flags.training_options_apply(),
