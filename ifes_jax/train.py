@@ -1,6 +1,7 @@
 """Training: the optimizer, the pure train step and `train_and_evaluate(config, workdir)`."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -8,6 +9,7 @@ import os
 import signal
 import threading
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +18,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from ifes_jax import checkpoint, cpu, losses, model as model_lib, parallel
+from ifes_jax import checkpoint, config_check, cpu, losses, model as model_lib, parallel
 from ifes_jax.data import pipeline, synthetic
 from ifes_jax.data.images import write_png
 from ifes_jax.errors import ConfigError
@@ -136,9 +138,18 @@ def write_samples(folder, step, fuse, params, ir_NHW, vis_NHW):
     write_png(os.path.join(folder, f"grid_step{step:06d}.png"), np.concatenate(rows, axis=0))
 
 
-def read_metrics(path):
+def read_metrics(path, complete_only=False):
+    """The rows of metrics.jsonl; with `complete_only`, lines that are not whole JSON objects
+    (a write cut short) are dropped."""
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if line.strip() and not complete_only:
+                    raise
+    return rows
 
 
 def plot_loss_curve(metrics_path, png_path):
@@ -167,12 +178,14 @@ def plot_loss_curve(metrics_path, png_path):
 
 
 def _truncate_metrics(path, last_step):
-    """Drop log lines after the checkpoint a run resumes from: those steps run again."""
+    """Drop log lines after the checkpoint a run resumes from (those steps run again), and a
+    last line cut short by a kill; rewritten atomically."""
     if not os.path.exists(path):
         return
-    kept = [r for r in read_metrics(path) if r["step"] <= last_step]
-    with open(path, "w") as f:
+    kept = [r for r in read_metrics(path, complete_only=True) if r["step"] <= last_step]
+    with open(path + ".tmp", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(path + ".tmp", path)
 
 
 # ------------------------------------------------------------------------------- the loop
@@ -226,14 +239,16 @@ def evaluate_loss(fuse, params, ir_NHW, vis_NHW, loss_config):
     return {f"val_{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
-class _StopRequest:
-    """Set by SIGTERM (preemption): the loop saves a checkpoint and returns."""
+class StopRequest:
+    """Set by SIGTERM (preemption) from the moment it is installed: the loop then saves a
+    checkpoint and returns. Entry points install one first thing, so that a SIGTERM during
+    start-up is honoured too."""
 
     def __init__(self):
         self.requested = False
         self._previous = None
 
-    def __enter__(self):
+    def install(self):
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
@@ -241,138 +256,203 @@ class _StopRequest:
     def _handle(self, signum, frame):
         self.requested = True
 
-    def __exit__(self, *exc):
+    def uninstall(self):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+@dataclasses.dataclass
+class Run:
+    """Everything one training run holds between its named parts."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    stop: StopRequest
+    is_main: bool = dataclasses.field(default_factory=lambda: jax.process_index() == 0)
+    runner: Any = None
+    state: Any = None
+    data_iter: Any = None
+    mngr: Any = None
+    writer: Any = None
+    fuse: Any = None
+    val: Any = None
+    samples: Any = None
+    interval: list = dataclasses.field(default_factory=list)  # step rows since the last log line
+    clock: tuple = (0.0, 0)  # (time, step) of the last log line
+
+    @property
+    def metrics_path(self):
+        return os.path.join(self.workdir, "metrics.jsonl")
+
+    @property
+    def step(self) -> int:
+        return int(self.runner.single_copy(self.state).step)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop: StopRequest | None = None):
     """Train IFESNet as `config` says over every device (and host), writing everything into
     `workdir`; resumes from the latest checkpoint there. Returns the final TrainState (a single
-    copy). Only process 0 writes logs and images; every process takes part in checkpoints."""
-    from tensorboardX import SummaryWriter
-    from tqdm import tqdm
+    copy). Only process 0 writes logs and images; every process takes part in checkpoints.
+    However the loop ends, a checkpoint in flight completes and every file is closed."""
+    config_check.check(config)
+    run = Run(config, workdir, stop or StopRequest().install())
+    try:
+        setup(run)
+        restore(run)
+        preempted = loop(run)
+        finish(run, preempted)
+        return run.runner.single_copy(run.state)
+    finally:
+        teardown(run)
 
-    cfg_train = config.train
+
+def setup(run: Run):
+    """Data (a bad folder stops the run here, before anything is written), the model, the
+    sharded state, the checkpoint manager."""
+    config, cfg_train = run.config, run.config.train
     local_batch = parallel.check_batch_size(cfg_train.batch_size, cfg_train.parallel)
-    dataset = make_dataset(config, make_source(config), local_batch)  # bad data stops us here
-    val = validation_pairs(config)
-    is_main = jax.process_index() == 0
-    if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    samples_ir, samples_vis = sample_pairs(config)
+    dataset = make_dataset(config, make_source(config), local_batch)
+    run.val = validation_pairs(config)
+    run.samples = sample_pairs(config)
+    run.runner = parallel.make_runner(cfg_train.parallel, per_device_step(config))
+    run.state = run.runner.place_state(create_train_state(config, jax.random.key(config.seed),
+                                                          config.data.crop_size))
+    single_host_mesh = cfg_train.parallel == "shard_map" and jax.process_count() == 1
+    run.data_iter = pipeline.iterator(dataset, device=run.runner.batch_sharding if single_host_mesh else None,
+                                      prefetch=config.data.prefetch)
+    run.mngr = checkpoint.manager(os.path.join(run.workdir, "checkpoints"),
+                                  keep=cfg_train.keep_checkpoints, keep_best=cfg_train.keep_best)
+    run.fuse = fuse_fn(run.state.apply_fn)
 
-    runner = parallel.make_runner(cfg_train.parallel, per_device_step(config))
-    state = runner.place_state(create_train_state(config, jax.random.key(config.seed),
-                                                  config.data.crop_size))
-    on_device = runner.batch_sharding if cfg_train.parallel == "shard_map" and jax.process_count() == 1 else None
-    data_iter = pipeline.iterator(dataset, device=on_device, prefetch=config.data.prefetch)
-    mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"),
-                              keep=cfg_train.keep_checkpoints, keep_best=cfg_train.keep_best)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    if mngr.latest_step() is not None:
-        state = runner.place_state(checkpoint.restore(mngr, runner.single_copy(state), data_iter))
-        if is_main:
-            _truncate_metrics(metrics_path, int(runner.single_copy(state).step))
-            print(f"resumed from {workdir}/checkpoints at step {int(runner.single_copy(state).step)}")
-    start = int(runner.single_copy(state).step)
 
-    fuse = fuse_fn(state.apply_fn)
-    writer = SummaryWriter(os.path.join(workdir, "tensorboard")) if is_main else None
-    clock = {"time": time.perf_counter(), "step": start}
-    interval = []  # per-step metric rows since the last log line
-
-    def write_row(row):
-        if not is_main:
-            return
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        for k, v in row.items():
-            if k != "step":
-                writer.add_scalar(k, v, row["step"])
-
-    def account(step, metrics):
-        """Host side of step `step` (fetched after the next step was dispatched)."""
-        row = {k: float(v) for k, v in jax.device_get(runner.single_copy(metrics)).items()}
-        if row["nonfinite"]:
-            terms = ", ".join(f"{k}={row[k]:.4g}" for k in ("loss", "loss_ir", "loss_vis",
-                                                             "loss_fusion", "loss_map", "grad_norm"))
-            if cfg_train.nonfinite == "stop":
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {step}: {terms}; the update was not applied and the "
-                    f"last checkpoint (step {mngr.latest_step()}) is kept")
-            logging.warning("step %d: non-finite loss (%s), update skipped", step, terms)
-        interval.append(row)
-        if step % cfg_train.log_every == 0 or step == cfg_train.steps:
-            now = time.perf_counter()
-            mean = {k: float(np.mean([r[k] for r in interval])) for k in interval[0]}
-            mean["nonfinite"] = float(sum(r["nonfinite"] for r in interval))
-            mean["steps_per_sec"] = (step - clock["step"]) / max(now - clock["time"], 1e-9)
-            mean["images_per_sec"] = mean["steps_per_sec"] * cfg_train.batch_size
-            clock.update(time=now, step=step)
-            interval.clear()
-            write_row({"step": step, **mean})
-            return mean
-        return None
-
-    def save(step, force=False):
-        params = runner.local_copy(state.params)
-        metrics = None
-        if val is not None:
-            metrics = evaluate_loss(fuse, params, *val, config.loss)
-            write_row({"step": step, **metrics})
-            if is_main:
-                write_samples(os.path.join(workdir, "samples", "val"), step, fuse, params,
-                              val[0][: cfg_train.num_samples], val[1][: cfg_train.num_samples])
-        checkpoint.save(mngr, step, runner.single_copy(state), config, data_iter,
-                        metrics=metrics, force=force)
-
-    pending = None  # (step, metrics) read after the next step is dispatched
-    bar = tqdm(range(start, cfg_train.steps), initial=start, total=cfg_train.steps,
-               desc="train", dynamic_ncols=True, disable=not is_main)
-    preempted = False
-    with _StopRequest() as stop:
+def restore(run: Run):
+    """Resume from the latest checkpoint, if any; only then is the workdir written to (the
+    config, the log truncated to the resumed step, TensorBoard)."""
+    if (latest := run.mngr.latest_step()) is not None:
+        template = run.runner.single_copy(run.state)
         try:
-            for step in bar:
-                if stop.requested or (step > start and mngr.reached_preemption(step)):
-                    preempted = True
-                    break
-                state, metrics = runner.step(state, runner.place_batch(next(data_iter)))
-                if pending is not None:
-                    mean = account(*pending)
-                    if mean is not None:
-                        bar.set_postfix(loss=f"{mean['loss']:.4f}", steps_s=f"{mean['steps_per_sec']:.1f}")
-                pending = (step + 1, metrics)
-                if (step + 1) % cfg_train.checkpoint_every == 0:
-                    save(step + 1)
-                if is_main and (step + 1) % cfg_train.sample_every == 0:
-                    write_samples(os.path.join(workdir, "samples"), step + 1, fuse,
-                                  runner.local_copy(state.params), samples_ir, samples_vis)
-            if pending is not None:
-                account(*pending)
-        except NonFiniteLossError:
-            mngr.wait_until_finished()
-            mngr.close()
-            data_iter.close()
-            raise
-    bar.close()
+            restored = checkpoint.restore(run.mngr, template, run.data_iter)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{run.workdir}/checkpoints/{latest}: cannot resume with this config "
+                              f"({str(exc).splitlines()[0][:200]})") from None
+        run.state = run.runner.place_state(restored)
+    if run.is_main:
+        os.makedirs(run.workdir, exist_ok=True)
+        with open(os.path.join(run.workdir, "config.json"), "w") as f:
+            f.write(run.config.to_json_best_effort(indent=2))
+        if run.mngr.latest_step() is not None:
+            _truncate_metrics(run.metrics_path, run.step)
+            print(f"resumed from {run.workdir}/checkpoints at step {run.step}")
+        from tensorboardX import SummaryWriter
+        run.writer = SummaryWriter(os.path.join(run.workdir, "tensorboard"))
+    run.clock = (time.perf_counter(), run.step)
 
-    final = int(runner.single_copy(state).step)
-    if mngr.latest_step() != final:
-        save(final, force=True)
-    mngr.wait_until_finished()
-    mngr.close()
-    data_iter.close()
+
+def loop(run: Run) -> bool:
+    """The train steps; returns whether a stop request (SIGTERM, preemption) ended them. The
+    metrics of step t are read after step t+1 has been dispatched."""
+    from tqdm import tqdm
+    cfg_train, start = run.config.train, run.step
+    pending = None
+    bar = tqdm(range(start, cfg_train.steps), initial=start, total=cfg_train.steps,
+               desc="train", dynamic_ncols=True, disable=not run.is_main)
+    with bar:
+        for step in bar:
+            if run.stop.requested or (step > start and run.mngr.reached_preemption(step)):
+                return True
+            run.state, metrics = run.runner.step(run.state, run.runner.place_batch(next(run.data_iter)))
+            if pending is not None and (mean := log(run, *pending)) is not None:
+                bar.set_postfix(loss=f"{mean['loss']:.4f}", steps_s=f"{mean['steps_per_sec']:.1f}")
+            pending = (step + 1, metrics)
+            if (step + 1) % cfg_train.checkpoint_every == 0:
+                save(run, step + 1)
+            if run.is_main and (step + 1) % cfg_train.sample_every == 0:
+                write_samples(os.path.join(run.workdir, "samples"), step + 1, run.fuse,
+                              run.runner.local_copy(run.state.params), *run.samples)
+        if pending is not None:
+            log(run, *pending)
+    return run.stop.requested
+
+
+def log(run: Run, step: int, metrics):
+    """Host side of step `step`: stop on a non-finite loss (or count it), and every
+    `log_every` steps write the interval's means; returns them on those steps."""
+    cfg_train = run.config.train
+    row = {k: float(v) for k, v in jax.device_get(run.runner.single_copy(metrics)).items()}
+    if row["nonfinite"]:
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k.startswith("loss") or k == "grad_norm")
+        if cfg_train.nonfinite == "stop":
+            raise NonFiniteLossError(
+                f"non-finite loss at step {step}: {terms}; the update was not applied and the "
+                f"last checkpoint (step {run.mngr.latest_step()}) is kept")
+        logging.warning("step %d: non-finite loss (%s), update skipped", step, terms)
+    run.interval.append(row)
+    if step % cfg_train.log_every and step != cfg_train.steps:
+        return None
+    now, (then, then_step) = time.perf_counter(), run.clock
+    mean = {k: float(np.mean([r[k] for r in run.interval])) for k in run.interval[0]}
+    mean["nonfinite"] = float(sum(r["nonfinite"] for r in run.interval))
+    mean["steps_per_sec"] = (step - then_step) / max(now - then, 1e-9)
+    mean["images_per_sec"] = mean["steps_per_sec"] * cfg_train.batch_size
+    run.clock = (now, step)
+    run.interval.clear()
+    write_row(run, {"step": step, **mean})
+    return mean
+
+
+def write_row(run: Run, row):
+    """One line of metrics.jsonl and the same scalars in TensorBoard (process 0)."""
+    if not run.is_main:
+        return
+    with open(run.metrics_path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    for k, v in row.items():
+        if k != "step":
+            run.writer.add_scalar(k, v, row["step"])
+
+
+def save(run: Run, step: int, force: bool = False):
+    """Validate (loss terms and sample fusions of the held-out pairs) and checkpoint."""
+    params = run.runner.local_copy(run.state.params)
+    metrics = None
+    if run.val is not None:
+        metrics = evaluate_loss(run.fuse, params, *run.val, run.config.loss)
+        write_row(run, {"step": step, **metrics})
+        if run.is_main:
+            n = run.config.train.num_samples
+            write_samples(os.path.join(run.workdir, "samples", "val"), step, run.fuse, params,
+                          run.val[0][:n], run.val[1][:n])
+    checkpoint.save(run.mngr, step, run.runner.single_copy(run.state), run.config, run.data_iter,
+                    metrics=metrics, force=force)
+
+
+def finish(run: Run, preempted: bool):
+    """The final checkpoint, sample images and loss curve."""
+    final = run.step
+    if run.mngr.latest_step() != final:
+        save(run, final, force=True)
     if preempted:
-        print(f"stopped at step {final} (SIGTERM / preemption): checkpoint saved in {workdir}/checkpoints")
-    if is_main:
-        params = runner.local_copy(state.params)
-        write_samples(os.path.join(workdir, "samples"), final, fuse, params, samples_ir, samples_vis)
-        for i in range(len(samples_ir)):
-            write_png(os.path.join(workdir, "samples", f"pair{i}_ir.png"), samples_ir[i])
-            write_png(os.path.join(workdir, "samples", f"pair{i}_vis.png"), samples_vis[i])
-        plot_loss_curve(metrics_path, os.path.join(workdir, "loss_curve.png"))
-        writer.close()
-    return runner.single_copy(state)
+        print(f"stopped at step {final} (SIGTERM / preemption): checkpoint saved in "
+              f"{run.workdir}/checkpoints")
+    if run.is_main:
+        folder = os.path.join(run.workdir, "samples")
+        write_samples(folder, final, run.fuse, run.runner.local_copy(run.state.params), *run.samples)
+        for i, (ir, vis) in enumerate(zip(*run.samples)):
+            write_png(os.path.join(folder, f"pair{i}_ir.png"), ir)
+            write_png(os.path.join(folder, f"pair{i}_vis.png"), vis)
+        plot_loss_curve(run.metrics_path, os.path.join(run.workdir, "loss_curve.png"))
+
+
+def teardown(run: Run):
+    """However the run ends: a checkpoint in flight completes, files and threads are closed."""
+    try:
+        if run.mngr is not None:
+            run.mngr.wait_until_finished()
+            run.mngr.close()
+    finally:
+        if run.data_iter is not None:
+            run.data_iter.close()
+        if run.writer is not None:
+            run.writer.close()
+        run.stop.uninstall()

@@ -26,15 +26,13 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import default, quickstart  # noqa: E402
-from ifes_jax import cpu, losses, metrics, model as model_lib, train  # noqa: E402
-from ifes_jax.data import pipeline, synthetic  # noqa: E402
+from configs import default, quickstart
+from ifes_jax import cpu, losses, metrics, model as model_lib, train
+from ifes_jax.data import pipeline, synthetic
 
 # dense tensor-core peaks (FLOP/s) of cards we may be lent, SXM parts: (TF32, bfloat16). XLA runs
 # float32 convolutions and matmuls in TF32 on these cards by default (jax_default_matmul_precision)
@@ -396,7 +394,7 @@ def main(argv=None):
     p.add_argument("--tiny", action="store_true", help="every case once at toy sizes")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cases", default="matmul,train,inference,convs,loss,pipeline,eval")
-    p.add_argument("--conv-backend", default="auto", choices=model_lib.CONV_BACKENDS,
+    p.add_argument("--conv-backend", default="auto", choices=cpu.CONV_BACKENDS,
                    help="model.conv_backend of the train and inference cases (default: auto)")
     p.add_argument("--render", metavar="JSON", help="print the table of a JSON written before")
     p.add_argument("--train-case", help=argparse.SUPPRESS)  # one train case, in a child process

@@ -15,13 +15,11 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from configs import default, quickstart  # noqa: E402
+from configs import default, quickstart
 
 
 class TorchIFESNet(torch.nn.Module):

@@ -4,38 +4,7 @@
 Several hosts: start one process per host with --coordinator_address=HOST:PORT
 --num_processes=N --process_id=I (or the JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
 JAX_PROCESS_ID environment variables)."""
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from ifes_jax import cpu, parallel, train  # noqa: E402
-from ifes_jax.errors import InputError  # noqa: E402
-
-config_flags.DEFINE_config_file("config", None, "Config file (e.g. configs/quickstart.py).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and images are written.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for several hosts.")
-flags.DEFINE_integer("num_processes", None, "Number of processes, for several hosts.")
-flags.DEFINE_integer("process_id", None, "This process's index, for several hosts.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
-    FLAGS = flags.FLAGS
-    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    cpu.configure_process()  # process-wide CPU settings (glibc's malloc); nothing elsewhere
-    try:
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (InputError, train.NonFiniteLossError) as exc:
-        sys.exit(f"error: {exc}")
-
+from ifes_jax.cli.train import main
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

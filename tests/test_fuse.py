@@ -233,3 +233,19 @@ def test_top_level_api(workdir):
     rgb = np.stack([vis, vis * 0.9, vis * 0.8], axis=-1)
     out = ifes_jax.fuse_color(model, ir, rgb)
     assert out["fused"].shape == (32, 40, 3) and out["weights"].shape == (32, 40, 2)
+
+
+def test_fusing_never_imports_the_trainer(tmp_path, workdir):
+    """Inference restores the parameters alone: no optimizer, data pipeline or trainer."""
+    ir_path, vis_path = _pair_files(str(tmp_path))
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['fuse.py', '--checkpoint', {workdir!r}, '--ir', {ir_path!r}, "
+            f"'--vis', {vis_path!r}, '--out', {str(tmp_path / 'f.png')!r}]\n"
+            f"runpy.run_path({os.path.join(ROOT, 'scripts', 'fuse.py')!r}, run_name='__main__')\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('optax', 'grain', 'tensorflow_datasets') or m == 'ifes_jax.train'))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "f.png").exists()

@@ -32,6 +32,7 @@ def test_pmap_and_shard_map_steps_equal_the_single_device_step(devices):
     for kind in ("shard_map", "pmap"):
         assert out[kind] < 1e-5, out
         assert out[kind + "_loss"] < 1e-6 and out[kind + "_step"] == 1
+        assert out[kind + "_grad_norm"] < 1e-5, out
 
 
 def test_batch_not_divisible_by_devices_is_a_config_error():

@@ -65,17 +65,37 @@ def test_warmup_cosine_schedule_follows_its_formula():
         np.testing.assert_allclose(float(fn(step)), expected, rtol=1e-5, atol=1e-12)
 
 
-def test_gradient_clipping_bounds_the_update_norm():
+def _np_adam_l2_clipped(w, grads, lr, wd, clip, b1=0.9, b2=0.999, eps=1e-8):
+    """Clip by global norm, add wd·w, then Adam, written out from the formulas (NumPy)."""
+    m = v = np.zeros_like(w)
+    for t, g in enumerate(grads, start=1):
+        if clip > 0:
+            g = g * min(1.0, clip / np.linalg.norm(g))
+        g = g + wd * w
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        w = w - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+    return w
+
+
+@pytest.mark.parametrize("clip", [1.0, 0.0])
+def test_gradient_clipping_follows_its_formula(clip):
+    # two steps of very different norms: Adam's second update depends on their ratio, which
+    # clipping changes (both become norm 1), so an ignored clip would fail here
     config = tiny_config()
-    config.optim.update(grad_clip_norm=1.0, weight_decay=0.0, weight_decay_mode="decoupled",
-                        learning_rate=1.0, b1=0.0, b2=0.0)
+    config.optim.update(grad_clip_norm=clip, weight_decay=0.5, weight_decay_mode="l2",
+                        learning_rate=0.1, schedule="constant")
     tx = train.make_optimizer(config.optim, 10)
-    params = {"w": jnp.zeros(4)}
-    grads = {"w": jnp.asarray([30.0, 40.0, 0.0, 0.0])}
-    clipped = optax.clip_by_global_norm(1.0).update(grads, None)[0]
-    np.testing.assert_allclose(clipped["w"], [0.6, 0.8, 0, 0], rtol=1e-6)
-    updates, _ = tx.update(grads, tx.init(params), params)
-    assert np.all(np.isfinite(updates["w"]))
+    w = np.asarray([1.0, -1.0, 0.5, 2.0])
+    grads = [np.asarray([30.0, 40.0, 0.0, 0.0]), np.asarray([0.3, -0.1, 0.2, 0.0])]
+    params = {"conv": {"kernel": jnp.asarray(w, jnp.float32)}}
+    opt_state = tx.init(params)
+    for g in grads:
+        updates, opt_state = tx.update({"conv": {"kernel": jnp.asarray(g, jnp.float32)}}, opt_state, params)
+        params = optax.apply_updates(params, updates)
+    expected = _np_adam_l2_clipped(w, grads, 0.1, 0.5, clip)
+    np.testing.assert_allclose(params["conv"]["kernel"], expected, rtol=1e-5, atol=1e-6)
+    other = _np_adam_l2_clipped(w, grads, 0.1, 0.5, 1.0 - clip)  # the other setting differs
+    assert np.abs(other - expected).max() > 1e-2
 
 
 def test_train_steps_lower_the_loss_on_a_fixed_batch():
@@ -142,13 +162,74 @@ def test_half_precision_runs_bfloat16_with_float32_state_and_agrees_with_float32
         config = tiny_config()
         config.half_precision = half
         state = train.create_train_state(config, jax.random.key(0), 32)
-        new, metrics = train.make_train_step(config)(state, batch)
+        step = train.make_train_step(config)
+        # the compiled program itself convolves in bfloat16 (or not at all, in float32)
+        hlo = step.lower(state, batch).compile().as_text()
+        convolutions = [line for line in hlo.splitlines()
+                        if "custom_call_target=\"IfesConv" in line or " convolution(" in line]
+        assert convolutions
+        assert all(("bf16[" in line) == half for line in convolutions)
+        new, metrics = step(state, batch)
         assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((new.params, new.opt_state))
                    if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating))
         results[half] = {k: float(v) for k, v in metrics.items()}
     # bfloat16 keeps 8 bits of mantissa: the loss terms agree to about 1 %
     for key in ("loss", "loss_fusion", "loss_ir", "loss_vis"):
         np.testing.assert_allclose(results[True][key], results[False][key], rtol=2e-2)
+
+
+def _complete_checkpoints(workdir):
+    from ifes_jax import checkpoint
+    folder = os.path.join(workdir, "checkpoints")
+    assert all(name.isdigit() for name in os.listdir(folder)), os.listdir(folder)  # no temporaries
+    mngr = checkpoint.manager(folder, read_only=True)
+    try:
+        return sorted(mngr.all_steps())
+    finally:
+        mngr.close()
+
+
+@pytest.mark.parametrize("fault", ["ctrl_c", "sample_write_fails"])
+def test_the_loop_tears_down_however_it_ends(tmp_path, monkeypatch, fault):
+    """A fault right after the step-3 checkpoint was started: that checkpoint completes, the
+    files and the data thread are closed, and a rerun resumes to the uninterrupted result."""
+    import threading
+    threads = set(threading.enumerate())
+    config = tiny_config(steps=6, checkpoint_every=3, sample_every=3)
+    if fault == "ctrl_c":
+        real_log = train.log
+        def log(run, step, metrics):
+            if step == 4:
+                raise KeyboardInterrupt
+            return real_log(run, step, metrics)
+        monkeypatch.setattr(train, "log", log)
+        expected = KeyboardInterrupt
+    else:
+        def write_samples(*args):
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr(train, "write_samples", write_samples)
+        expected = OSError
+    workdir = str(tmp_path / "run")
+    with pytest.raises(expected):
+        train.train_and_evaluate(config, workdir)
+    assert _complete_checkpoints(workdir) == [3]
+    assert [r["step"] for r in _read(os.path.join(workdir, "metrics.jsonl"))] == [2]
+    lingering = [t for t in set(threading.enumerate()) - threads if t.is_alive() and not t.daemon]
+    assert not lingering, lingering
+    monkeypatch.undo()
+    resumed = train.train_and_evaluate(config, workdir)
+    straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+    for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_truncated_last_metrics_line_is_dropped_on_resume(tmp_path):
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(tiny_config(steps=3), workdir)
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 4, "loss": 0.')  # a kill mid-write
+    train.train_and_evaluate(tiny_config(steps=6), workdir)
+    assert [r["step"] for r in _read(os.path.join(workdir, "metrics.jsonl"))] == [2, 4, 6]
 
 
 def test_validation_runs_at_every_checkpoint_and_ranks_the_best(tmp_path):

@@ -1,5 +1,6 @@
 """Run in a subprocess with N fake CPU devices: one step of each data-parallel wrapper on a
-global batch, against the single-device step on the same batch. Prints the max differences."""
+global batch, against the single-device step on the same batch. Prints the max differences of
+the parameters, the loss and (relative) the gradient norm."""
 import json
 import sys
 
@@ -24,5 +25,7 @@ for kind in ("shard_map", "pmap"):
     out[kind] = max(float(np.max(np.abs(a - b))) for a, b in
                     zip(jax.tree.leaves(reference.params), jax.tree.leaves(state.params)))
     out[kind + "_loss"] = abs(float(metrics["loss"]) - float(ref_metrics["loss"]))
+    # Adam's update hides a gradient scaled by the device count (psum for pmean); its norm does not
+    out[kind + "_grad_norm"] = abs(float(metrics["grad_norm"]) / float(ref_metrics["grad_norm"]) - 1)
     out[kind + "_step"] = int(state.step)
 json.dump(out, sys.stdout)

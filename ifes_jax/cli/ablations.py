@@ -1,0 +1,144 @@
+"""Train the paper's ablation variants at one budget, then export each one's best weights.
+
+python scripts/ablations.py --config configs/tno_cpu.py --workdir runs/ablations
+    [--variants ifesnet,wo_ifem,s1,s2,s4,hc,mae] [--jobs N] [--time-limit SECONDS]
+    [--set data.dir=PATH ...]
+
+Each variant is `scripts/train.py` on the base config with a few overrides (below), in
+WORKDIR/VARIANT (its log in WORKDIR/VARIANT.log); running the script again resumes unfinished
+variants. `--jobs` trains several at once (on a GPU they share the card). At `--time-limit` the
+runs still going are stopped with SIGTERM, which checkpoints them; a later call resumes them.
+The best checkpoint of each variant (by validation loss; of an unfinished one too, with a
+non-zero exit) is exported to WORKDIR/exports/VARIANT, which `scripts/evaluate.py --methods
+ckpt:WORKDIR/exports/VARIANT` and `scripts/fuse.py --checkpoint` read.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+# the paper's ablations: Tables III-IV (w/o IFEM), Table V (S1-S4, HC), Table VI (MAE)
+VARIANTS = {
+    "ifesnet": {},
+    "wo_ifem": {"model.interactive": False},
+    "s1": {"model.num_stages": 1},
+    "s2": {"model.num_stages": 2},
+    "s4": {"model.num_stages": 4},
+    "hc": {"model.hierarchical_connection": True},
+    "mae": {"loss.recon": "mae"},
+}
+
+
+def train_command(config, workdir, overrides):
+    return [sys.executable, "-m", "ifes_jax.cli.train", f"--config={config}",
+            f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+def finished(workdir, steps):
+    """Whether the workdir holds a checkpoint of the final step."""
+    folder = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(os.path.join(folder, str(steps)))
+
+
+def load_config(path, overrides):
+    """The config of a config file (as train.py reads it) with `overrides` applied."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ablation_base_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for key, value in overrides.items():
+        apply_override(config, key, value)
+    return config
+
+
+def prepare_data(config):
+    """Build the tfds datasets once, before several runs would race to build them."""
+    from ifes_jax import train
+    if config.data.dir is not None:
+        train.make_source(config)
+    train.validation_pairs(config)
+
+
+def apply_override(config, key, value):
+    *parents, leaf = key.split(".")
+    node = config
+    for name in parents:
+        node = node[name]
+    current = node[leaf]
+    if isinstance(current, bool):
+        value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+    elif current is not None and not isinstance(value, type(current)):
+        value = type(current)(value)
+    node[leaf] = value
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--jobs", type=int, default=1, help="variants trained at once")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds before stopping the runs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override for every variant (e.g. data.dir=PATH)")
+    args = p.parse_args(argv)
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        sys.exit(f"error: unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
+    bad = [item for item in args.set if "=" not in item]
+    if bad:
+        sys.exit(f"error: --set {bad[0]}: expected KEY=VALUE")
+    common = dict(item.split("=", 1) for item in args.set)
+    try:
+        config = load_config(args.config, common)
+        for name in names:
+            load_config(args.config, common | VARIANTS[name])  # a bad override fails here, not later
+    except (KeyError, AttributeError, ValueError, TypeError) as exc:
+        sys.exit(f"error: {args.config}: bad override ({exc})")
+    prepare_data(config)
+    os.makedirs(args.workdir, exist_ok=True)
+    deadline = None if args.time_limit is None else time.monotonic() + args.time_limit
+    todo = [n for n in names if not finished(os.path.join(args.workdir, n), config.train.steps)]
+    running = {}
+    while todo or running:
+        while todo and len(running) < args.jobs:
+            name = todo.pop(0)
+            workdir = os.path.join(args.workdir, name)
+            log = open(os.path.join(args.workdir, f"{name}.log"), "a")
+            cmd = train_command(args.config, workdir, common | VARIANTS[name])
+            # in this process's directory, so relative paths mean the same to every run
+            running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
+            print(f"started {name}: {' '.join(cmd[1:])}", flush=True)
+        time.sleep(1)
+        if deadline is not None and time.monotonic() > deadline:
+            todo = []
+            for proc, _ in running.values():
+                proc.send_signal(signal.SIGTERM)
+            deadline = None
+        for name in [n for n, (proc, _) in running.items() if proc.poll() is not None]:
+            proc, log = running.pop(name)
+            log.close()
+            print(f"{name}: exit {proc.returncode}", flush=True)
+    summary = {}
+    for name in names:
+        workdir = os.path.join(args.workdir, name)
+        done = finished(workdir, config.train.steps)
+        if not done and not os.path.isdir(os.path.join(workdir, "checkpoints")):
+            summary[name] = {"finished": False, "export": None}
+            continue
+        out = os.path.join(args.workdir, "exports", name)
+        subprocess.run([sys.executable, "-m", "ifes_jax.cli.export_weights",
+                        "--workdir", workdir, "--out", out], check=True)
+        summary[name] = {"finished": done, "export": out}
+    print(json.dumps(summary, indent=2))
+    return 0 if all(v["finished"] for v in summary.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
