@@ -18,7 +18,7 @@ import numpy as np
 
 from ifes_jax import baselines, metrics
 from ifes_jax.data import pairs as pairs_lib
-from ifes_jax.data.images import IMAGE_EXTENSIONS, luma, read_image, to_float01
+from ifes_jax.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, luma, read_image, to_float01
 from ifes_jax.errors import ConfigError, DataError, InputError
 
 
@@ -85,9 +85,9 @@ def gray01(pixels, bit_depth):
     return luma(to_float01(pixels, bit_depth))
 
 
-def load_pair(pair):
+def load_pair(pair, max_pixels: int = MAX_PIXELS):
     """(ir, vis_y, vis_mode) as float32 (H, W) in [0, 1]."""
-    (ir, ir_bits, _), (vis, vis_bits, vis_mode) = pairs_lib.read_pair(pair)
+    (ir, ir_bits, _), (vis, vis_bits, vis_mode) = pairs_lib.read_pair(pair, max_pixels=max_pixels)
     return gray01(ir, ir_bits), gray01(vis, vis_bits), vis_mode
 
 
@@ -103,8 +103,9 @@ def _find_fused(folder, name):
 class Runner:
     """Fuses a pair with each method (models loaded once)."""
 
-    def __init__(self, methods):
+    def __init__(self, methods, max_pixels: int = MAX_PIXELS):
         self.methods = methods
+        self.max_pixels = max_pixels
         self._models = {}
         self._baselines = {name: jax.jit(fn) for name, fn in baselines.BASELINES.items()}
 
@@ -119,7 +120,7 @@ class Runner:
             out = self._models[method.arg](ir, vis)
             return out["fused"], out["weights"]
         path = _find_fused(method.arg, name)
-        pixels, bits, _ = read_image(path)
+        pixels, bits, _ = read_image(path, self.max_pixels)
         fused = gray01(pixels, bits)
         if fused.shape != ir.shape:
             raise DataError(f"{path} is {fused.shape[1]}x{fused.shape[0]}, its pair is "
@@ -134,7 +135,7 @@ def _check_finite(array, what):
 
 def evaluate(data_dir, methods, out_dir, *, profile: str = "paper", quantize: bool = False,
              skip_bad: bool = False, pair_spec: str | None = None, figure_pairs: int = 3,
-             log=print):
+             max_pixels: int = MAX_PIXELS, log=print):
     """Score every method on every pair and write the outputs into `out_dir`.
 
     Built-in methods are scored on their float fusion (on the 0–255 scale where a metric
@@ -144,7 +145,8 @@ def evaluate(data_dir, methods, out_dir, *, profile: str = "paper", quantize: bo
     if profile not in metrics.PROFILES:
         raise ConfigError(f"unknown profile {profile!r}: use {', '.join(metrics.PROFILES)}")
     selected = select_pairs(pairs_lib.find_pairs(data_dir), pair_spec)
-    runner = Runner(methods)
+    _check_out_dir(out_dir, [data_dir] + [m.arg for m in methods if m.kind == "dir"])
+    runner = Runner(methods, max_pixels)
     names = list(metrics.PROFILES[profile])
     per_pair = {m.label: {} for m in methods}
     skipped, colour_pairs, figure_rows = [], 0, []
@@ -153,7 +155,7 @@ def evaluate(data_dir, methods, out_dir, *, profile: str = "paper", quantize: bo
     def score(pair):
         """(pair, row, images) or (pair, error)."""
         try:
-            ir, vis, vis_mode = load_pair(pair)
+            ir, vis, vis_mode = load_pair(pair, max_pixels)
             row, images = {}, {}
             for m in methods:
                 fused, weights = runner.fuse(m, pair.name, ir, vis)
@@ -230,6 +232,23 @@ def markdown_table(means, names, meta) -> str:
 
 def _fmt(v):
     return f"{v:.4f}" if abs(v) < 1 else f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+
+
+def _check_out_dir(out_dir, input_dirs):
+    """The output folder, made and checked before any work: not an input folder, writable."""
+    real = os.path.realpath(out_dir)
+    for folder in input_dirs:
+        for inside in (folder, os.path.join(folder, "ir"), os.path.join(folder, "vis")):
+            if real == os.path.realpath(inside):
+                raise InputError(f"{out_dir}: the output folder is the input folder {inside}")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f"{out_dir}: exists and is not a folder")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out_dir}: cannot be created ({exc.strerror or exc})") from None
+    if not os.access(out_dir, os.W_OK):
+        raise InputError(f"{out_dir}: not writable")
 
 
 def _write_atomic(path, text):

@@ -145,8 +145,7 @@ class IFESNet(nn.Module):
         several of the same input, side by side) by layer name, and `segment`, a wrapper for
         the stem, each stage and each head (`remat` or none)."""
         widths = [scaled(c, self.width_multiplier) for c in STAGE_CHANNELS[: self.num_stages]]
-        fused = segment(lambda ir, vis: conv("ivif_2", conv("ivif_1", jnp.concatenate([ir, vis], -1),
-                                                              widths[0]), widths[0]))(ir, vis)  # F_1
+        fused = segment(functools.partial(self.stem, conv, widths[0]))(ir, vis)
         ir_feat, vis_feat = ir.astype(self.dtype), vis.astype(self.dtype)
         previous = []
         for n in range(1, self.num_stages + 1):
@@ -157,6 +156,10 @@ class IFESNet(nn.Module):
         recon_vis = segment(functools.partial(self.recon_head, conv, "vis"))(vis_feat)
         fused_image = weights[..., :1] * ir + weights[..., 1:] * vis  # eq. 4
         return {"fused": fused_image, "weights": weights, "recon_ir": recon_ir, "recon_vis": recon_vis}
+
+    def stem(self, conv, width, ir, vis):
+        """IVIFNet's first two layers: F_1 = C²(cat(I1, I2)) (eq. 3)."""
+        return conv("ivif_2", conv("ivif_1", jnp.concatenate([ir, vis], -1), width), width)
 
     def stage(self, conv, n, widths, fused, ir_feat, vis_feat, previous):
         """IFEM stage n (eqs. 1, 3, 5): SHFENet's two layers, then IVIFNet's next pair."""

@@ -158,7 +158,7 @@ def plot_loss_curve(metrics_path, png_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in read_metrics(metrics_path) if "loss" in r]
+    rows = [r for r in read_metrics(metrics_path) if "loss" in r] if os.path.exists(metrics_path) else []
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -296,6 +296,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stop: St
     copy). Only process 0 writes logs and images; every process takes part in checkpoints.
     However the loop ends, a checkpoint in flight completes and every file is closed."""
     config_check.check(config)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"{workdir}: the workdir exists and is not a folder")
     run = Run(config, workdir, stop or StopRequest().install())
     try:
         setup(run)
@@ -331,16 +333,15 @@ def restore(run: Run):
     config, the log truncated to the resumed step, TensorBoard)."""
     if (latest := run.mngr.latest_step()) is not None:
         template = run.runner.single_copy(run.state)
-        try:
-            restored = checkpoint.restore(run.mngr, template, run.data_iter)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"{run.workdir}/checkpoints/{latest}: cannot resume with this config "
-                              f"({str(exc).splitlines()[0][:200]})") from None
+        restored = checkpoint.guarded(f"{run.workdir}/checkpoints/{latest}", "state",
+                                      lambda: checkpoint.restore(run.mngr, template, run.data_iter))
         run.state = run.runner.place_state(restored)
     if run.is_main:
-        os.makedirs(run.workdir, exist_ok=True)
-        with open(os.path.join(run.workdir, "config.json"), "w") as f:
-            f.write(run.config.to_json_best_effort(indent=2))
+        try:
+            with open(os.path.join(run.workdir, "config.json"), "w") as f:
+                f.write(run.config.to_json_best_effort(indent=2))
+        except OSError as exc:
+            raise ConfigError(f"{run.workdir}: cannot be written ({exc.strerror or exc})") from None
         if run.mngr.latest_step() is not None:
             _truncate_metrics(run.metrics_path, run.step)
             print(f"resumed from {run.workdir}/checkpoints at step {run.step}")

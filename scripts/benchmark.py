@@ -114,7 +114,7 @@ def case_inference(name, config, height, width, repeats, rates, tile=None, half=
     net = model_lib.from_config(config.model, half)
     x = jnp.zeros((1, 16, 16, 1))
     params = jax.jit(net.init)(jax.random.key(0), x, x)["params"]
-    fuser = fuse.Fuser(config, params, net, tile=tile or max(height, width))
+    fuser = fuse.Fuser(config, params, net, tile=tile or max(height, width, fuse.MIN_TILE))
     ir, vis = inference_pair(height, width)
     compile_s, seconds = timed(lambda: fuser(ir, vis)["fused"], repeats)
     flops = forward_flops_per_pixel(params) * height * width
@@ -264,7 +264,7 @@ def train_in_own_process(name, tiny, repeats, rates, conv_backend):
 
 
 def one_train_case(name, tiny, repeats, rates, conv_backend):
-    cpu.configure_process()  # as scripts/train.py does
+    cpu.configure_process()  # as scripts/train.py does, before JAX starts
     cfg, crop, batch = train_cases(tiny, jax.devices()[0].platform == "gpu")[name]
     cfg.model.conv_backend = conv_backend
     return (case_train(name, cfg, crop, batch, repeats, rates) | memory()

@@ -1,8 +1,4 @@
-"""Score fusion methods on a folder of pairs and write a paper-style table:
-
-python scripts/evaluate.py --data DIR --methods average,max,laplacian,target,ckpt:PATH,dir:PATH
-    --profile paper|default --out DIR [--pairs 001..020] [--quantize] [--skip-bad]
-"""
+"""`python scripts/evaluate.py --help`: the command of ifes_jax/cli/evaluate.py (also `ifes-evaluate`)."""
 from ifes_jax.cli.evaluate import main
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import pytest
 
 from ifes_jax import checkpoint, train
 from tests.test_parallel import ROOT, _env, _final_params, _train_cmd
-from tests.test_train import tiny_config
+from tests.helpers.tiny_config import tiny_config
 
 
 def _start(workdir, *overrides):

@@ -12,7 +12,7 @@ from scipy import ndimage
 from ifes_jax import fuse, train
 from ifes_jax.data.images import rgb_to_ycbcr
 from ifes_jax.data.synthetic import synthetic_pair
-from tests.test_train import tiny_config
+from tests.helpers.tiny_config import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -194,7 +194,7 @@ def test_a_checkpoint_of_another_architecture_is_refused(tmp_path, workdir):
     ir_path, vis_path = _pair_files(tmp_path / "in")
     message = _one_line_error(_cli("--checkpoint", str(other), "--ir", ir_path, "--vis", vis_path,
                                    "--out", str(tmp_path / "o.png")))
-    assert "does not match its config's architecture" in message
+    assert "does not fit the architecture of this config" in message
     assert not (tmp_path / "o.png").exists()
 
 
@@ -216,8 +216,7 @@ def test_write_png_leaves_nothing_when_the_write_fails(tmp_path, monkeypatch):
     from ifes_jax.data import images
 
     def explode(self, fp, *args, **kwargs):
-        with open(fp, "wb") as f:
-            f.write(b"half")
+        fp.write(b"half")  # write_png hands Pillow the open temporary file
         raise OSError("disk full")
     monkeypatch.setattr(Image.Image, "save", explode)
     with pytest.raises(OSError):

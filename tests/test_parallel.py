@@ -10,7 +10,7 @@ import portpicker
 import pytest
 
 from ifes_jax import checkpoint, parallel, train
-from tests.test_train import tiny_config
+from tests.helpers.tiny_config import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

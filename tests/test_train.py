@@ -8,21 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from configs import quickstart
 from ifes_jax import train
 from ifes_jax.data import synthetic
-
-
-def tiny_config(**train_overrides):
-    config = quickstart.get_config()
-    config.model.width_multiplier = 0.125
-    config.data.synthetic_pairs = 4
-    config.data.synthetic_size = 64
-    config.data.crop_size = 32
-    config.train.update(dict(batch_size=2, steps=6, log_every=2, checkpoint_every=3,
-                             sample_every=1000, num_samples=1, sample_size=32))
-    config.train.update(train_overrides)
-    return config
+from tests.helpers.tiny_config import tiny_config
 
 
 def test_kernel_mask_selects_conv_kernels_only():

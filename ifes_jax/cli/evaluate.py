@@ -7,6 +7,8 @@ import argparse
 import os
 import sys
 
+from ifes_jax.cli import add_max_pixels
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -22,6 +24,7 @@ def parse_args(argv=None):
     p.add_argument("--skip-bad", action="store_true",
                    help="skip pairs that fail (listed; exit code 1) instead of stopping")
     p.add_argument("--figure-pairs", type=int, default=3, help="pairs shown in figure.png")
+    add_max_pixels(p)
     return p.parse_args(argv)
 
 
@@ -36,7 +39,7 @@ def main(argv=None):
         results = evaluate.evaluate(args.data, evaluate.parse_methods(args.methods), args.out,
                                     profile=args.profile, quantize=args.quantize,
                                     skip_bad=args.skip_bad, pair_spec=args.pairs,
-                                    figure_pairs=args.figure_pairs,
+                                    figure_pairs=args.figure_pairs, max_pixels=args.max_pixels,
                                     log=lambda msg: print(msg, file=sys.stderr))
     except InputError as exc:
         sys.exit(f"error: {exc}")

@@ -42,9 +42,11 @@ def write_checksum(folder, seed=4242, height=96, width=128):
     from ifes_jax.data.synthetic import synthetic_pair
     fused = fuse.load_exported(folder)(*synthetic_pair(seed, height, width))["fused"]
     pixels = np.rint(np.clip(fused, 0, 1) * 255).astype(np.uint8)
-    record = {"seed": seed, "height": height, "width": width, "mean": float(fused.mean()),
-              "std": float(fused.std()), "pixel_sum": int(pixels.sum(dtype=np.int64)),
-              "sha256_8bit": hashlib.sha256(pixels.tobytes()).hexdigest()}
+    with open(os.path.join(folder, "checksum.json")) as f:
+        record = json.load(f)  # the weights' own digest, written by fuse.export
+    record |= {"seed": seed, "height": height, "width": width, "mean": float(fused.mean()),
+               "std": float(fused.std()), "pixel_sum": int(pixels.sum(dtype=np.int64)),
+               "sha256_8bit": hashlib.sha256(pixels.tobytes()).hexdigest()}
     with open(os.path.join(folder, "checksum.json"), "w") as f:
         json.dump(record, f, indent=2)
 

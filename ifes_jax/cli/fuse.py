@@ -9,6 +9,8 @@ import os
 import sys
 import warnings
 
+from ifes_jax.cli import add_max_pixels
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,6 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=["cpu", "gpu", "tpu"], help="JAX platform (default: best available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
     p.add_argument("--tile", type=int, default=1024, help="fuse larger images in tiles of this size")
+    add_max_pixels(p)
     args = p.parse_args(argv)
     single = [args.ir, args.vis, args.out]
     folder = [args.ir_dir, args.vis_dir, args.out_dir]
@@ -40,7 +43,7 @@ def parse_args(argv=None):
 
 
 def load_model(fuse, args):
-    options = dict(half_precision=args.dtype == "bfloat16", tile=args.tile)
+    options = dict(half_precision=args.dtype == "bfloat16", tile=args.tile, progress=True)
     if args.checkpoint:
         return fuse.load(args.checkpoint, **options)
     return fuse.load_exported(**options)
@@ -58,42 +61,74 @@ def main(argv=None):
     from absl import logging
     logging.set_verbosity(logging.ERROR)
     from ifes_jax import compilation_cache, fuse
-    from ifes_jax.data import pairs
     from ifes_jax.errors import InputError
-    compilation_cache.enable()
     warnings.simplefilter("always")
     warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
-    options = dict(bit_depth=args.bit_depth, save_weights=args.save_weights,
-                   smooth_weights=args.smooth_weights, overwrite=args.overwrite)
     try:
+        _check_device(args.device)
+        compilation_cache.enable()
         if args.ir:
-            for source in (args.ir, args.vis):
-                if os.path.exists(args.out) and os.path.samefile(args.out, source):
-                    raise InputError(f"{args.out}: the output would overwrite an input")
-            fuser = load_model(fuse, args)
-            fuse.fuse_files(fuser, args.ir, args.vis, args.out, **options)
-            print(f"wrote {args.out}")
-            return
-        for folder in (args.ir_dir, args.vis_dir):
-            if _inside(args.out_dir, folder):
-                raise InputError(f"{args.out_dir}: the output folder is inside the input folder {folder}")
-        found = pairs.pair_folders(args.ir_dir, args.vis_dir)
-        fuser = load_model(fuse, args)
+            fuse_one(fuse, args)
+        else:
+            fuse_folders(fuse, args)
     except InputError as exc:
         sys.exit(f"error: {exc}")
 
+
+def _check_device(device):
+    import jax
+    from ifes_jax.errors import InputError
+    try:
+        jax.devices()
+    except RuntimeError as exc:
+        raise InputError(f"--device {device}: no such device here ({str(exc).splitlines()[0]})") from None
+
+
+def _options(args):
+    return dict(bit_depth=args.bit_depth, save_weights=args.save_weights,
+                smooth_weights=args.smooth_weights, overwrite=args.overwrite,
+                max_pixels=args.max_pixels)
+
+
+def fuse_one(fuse, args):
+    fuse.check_outputs(fuse.output_paths(args.out, args.save_weights), [args.ir, args.vis],
+                       args.overwrite)
+    fuser = load_model(fuse, args)
+    fuse.fuse_files(fuser, args.ir, args.vis, args.out, **_options(args))
+    print(f"wrote {args.out}")
+
+
+def fuse_folders(fuse, args):
     from tqdm import tqdm
-    os.makedirs(args.out_dir, exist_ok=True)
-    # pairs of one size follow each other: each size compiles once and stays cached
-    found.sort(key=lambda p: (pairs.image_size(p.ir_path), p.name))
-    failed = []
-    for pair in tqdm(found, desc="fuse", unit="pair", disable=len(found) < 2):
-        out = os.path.join(args.out_dir, pair.name + ".png")
+    from ifes_jax.data import pairs
+    from ifes_jax.errors import DataError, InputError
+    for folder in (args.ir_dir, args.vis_dir):
+        if _inside(args.out_dir, folder):
+            raise InputError(f"{args.out_dir}: the output folder is inside the input folder {folder}")
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise InputError(f"{args.out_dir}: exists and is not a folder")
+    found = pairs.pair_folders(args.ir_dir, args.vis_dir)
+    fuser = load_model(fuse, args)
+    try:
+        os.makedirs(args.out_dir, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{args.out_dir}: cannot be created ({exc.strerror or exc})") from None
+
+    def size(pair):  # pairs of one size follow each other: each size compiles once
         try:
-            fuse.fuse_files(fuser, pair.ir_path, pair.vis_path, out, **options)
+            return pairs.image_size(pair.ir_path)
+        except DataError:
+            return (0, 0)  # reported when the pair is read
+
+    failed = []
+    for pair in tqdm(sorted(found, key=lambda p: (size(p), p.name)), desc="fuse", unit="pair",
+                     disable=len(found) < 2):
+        try:
+            fuse.fuse_files(fuser, pair.ir_path, pair.vis_path,
+                            os.path.join(args.out_dir, pair.name + ".png"), **_options(args))
         except InputError as exc:
             if not args.skip_bad:
-                sys.exit(f"error: pair {pair.name}: {exc}")
+                raise InputError(f"pair {pair.name}: {exc}") from None
             failed.append((pair.name, str(exc)))
     print(f"fused {len(found) - len(failed)} of {len(found)} pairs into {args.out_dir}")
     if failed:

@@ -4,6 +4,7 @@
 Several hosts: start one process per host with --coordinator_address=HOST:PORT
 --num_processes=N --process_id=I (or the JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
 JAX_PROCESS_ID environment variables)."""
+import os
 import signal
 import sys
 
@@ -13,6 +14,7 @@ STOP = {"requested": False}
 def main():
     # a SIGTERM from here on (start-up included) stops the run cleanly, with exit status 0
     signal.signal(signal.SIGTERM, lambda signum, frame: STOP.update(requested=True))
+    _check_config_file(sys.argv[1:])
     from absl import app, flags
     from ml_collections import config_flags
 
@@ -23,7 +25,30 @@ def main():
     flags.DEFINE_integer("num_processes", None, "Number of processes, for several hosts.")
     flags.DEFINE_integer("process_id", None, "This process's index, for several hosts.")
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(_train)
+    app.run(_train, flags_parser=_parse_flags)
+
+
+def _check_config_file(args):
+    """A --config file that does not exist, as one line (the flag library prints a traceback)."""
+    for i, arg in enumerate(args):
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else (
+            args[i + 1] if arg == "--config" and i + 1 < len(args) else None)
+        if path is not None and not os.path.isfile(path.split(":")[0]):
+            sys.exit(f"error: --config {path}: no such file")
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with a bad --config override as one line."""
+    from absl import flags
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as exc:  # e.g. a config file that is missing or fails to load: its last line
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        sys.exit(f"error: {lines[0] if len(lines) == 1 else lines[0].split(':')[0] + ': ' + lines[-1]}")
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        sys.exit(f"error: a --config override names no config field or has a bad value "
+                 f"({type(exc).__name__}: {str(exc).strip(chr(34))}; overrides: {', '.join(overrides)})")
 
 
 def _train(argv):
@@ -34,14 +59,17 @@ def _train(argv):
     from ifes_jax import cpu, parallel, train
     from ifes_jax.errors import InputError
     FLAGS = flags.FLAGS
+    cpu.configure_process()  # process-wide CPU settings (glibc's malloc); starts no backend
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    cpu.configure_process()  # process-wide CPU settings (glibc's malloc); nothing elsewhere
     stop = train.StopRequest().install()
     stop.requested = STOP["requested"]
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir, stop)
     except (InputError, train.NonFiniteLossError) as exc:
         sys.exit(f"error: {exc}")
+    except KeyboardInterrupt:
+        sys.stderr.write(f"interrupted: {FLAGS.workdir}/checkpoints keeps the last complete checkpoint\n")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

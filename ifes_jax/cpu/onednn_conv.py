@@ -65,11 +65,15 @@ def conv3x3(x, kernel, bias, activation=None):
 
 
 # ---------------------------------------------------------------------- the three primitives
+# (and the ReLU's tangent map, t ↦ t where y > 0: linear in t, its own transpose. As a
+# primitive the mask is computed from the saved output y where the tangent or cotangent is,
+# fused into that pass, rather than as a separate pass and a saved mask in the forward.)
 
 conv_p = Primitive("ifes_onednn_conv")
 input_grad_p = Primitive("ifes_onednn_conv_input_grad")
 kernel_grad_p = Primitive("ifes_onednn_conv_kernel_grad")
 kernel_grad_p.multiple_results = True  # [dk] or [dk, db]
+relu_tangent_p = Primitive("ifes_relu_tangent")
 
 
 def _conv(x, k, b=None):
@@ -123,6 +127,20 @@ for _p, _impl, _multiple in ((conv_p, _conv_impl, False), (input_grad_p, _input_
     mlir.register_lowering(_p, mlir.lower_fun(_impl, multiple_results=_multiple), platform="cpu")
 
 
+def _relu_tangent_impl(t, y):
+    return jnp.where(y > 0, t, jnp.zeros_like(t))
+
+
+relu_tangent_p.def_impl(_relu_tangent_impl)
+relu_tangent_p.def_abstract_eval(lambda t, y: _aval(t.shape, t.dtype))
+mlir.register_lowering(relu_tangent_p, mlir.lower_fun(_relu_tangent_impl, multiple_results=False))
+ad.primitive_jvps[relu_tangent_p] = lambda primals, tangents: (
+    relu_tangent_p.bind(*primals),
+    relu_tangent_p.bind(tangents[0], primals[1]) if _nonzero(tangents[0]) else ad.Zero(primals[0].aval))
+ad.primitive_transposes[relu_tangent_p] = lambda ct, t, y: [
+    None if type(ct) is ad.Zero else relu_tangent_p.bind(ct, y), None]
+
+
 # ---------------------------------------------------------- forward mode, by bilinearity
 
 def _nonzero(t):
@@ -146,7 +164,7 @@ def _conv_jvp(primals, tangents, *, relu):
         terms.append(jnp.broadcast_to(bias_t, y.shape))
     t = _sum_terms(terms, y.aval)
     if relu and _nonzero(t):  # ReLU's derivative: 1 where the output is positive
-        t = jnp.where(y > 0, t, jnp.zeros_like(t))
+        t = relu_tangent_p.bind(t, y)
     return y, t
 
 
@@ -190,7 +208,7 @@ def _conv_transpose(ct, x, k, *b, relu):
     if _undefined(x):  # x ↦ x ⋆ k (no bias: an affine map has no transpose)
         if b or _undefined(k):
             raise ValueError("oneDNN conv: transposed in the image with a bias or kernel unknown")
-        return [_input_grad(_instantiate(ct, x.aval), k), None]
+        return [_input_grad(_instantiate(ct, _aval((*x.aval.shape[:3], k.shape[3]), k.dtype)), k), None]
     ct = _instantiate(ct, _aval((*x.shape[:3], k.aval.shape[3]), x.dtype))
     grads = _kernel_grad(x, ct, bool(b))  # (k, b) ↦ x ⋆ k + b
     return [None, *grads]
@@ -256,6 +274,14 @@ def _input_grad_batch(args, dims):
     return _loop(input_grad_p, args, dims, {})
 
 
+def _relu_tangent_batch(args, dims):
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    t, y = [jnp.moveaxis(a, d, 0) if d is not None else jnp.broadcast_to(a, (size, *a.shape))
+            for a, d in zip(args, dims)]
+    return relu_tangent_p.bind(t, y), 0
+
+
+batching.primitive_batchers[relu_tangent_p] = _relu_tangent_batch
 batching.primitive_batchers[conv_p] = _conv_batch
 batching.primitive_batchers[input_grad_p] = _input_grad_batch
 batching.primitive_batchers[kernel_grad_p] = lambda args, dims, **p: _loop(kernel_grad_p, args, dims, p)

@@ -3,29 +3,40 @@ and writing 8- or 16-bit PNGs atomically."""
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ifes_jax.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MAX_PIXELS = 64_000_000  # per image, checked from the header before decoding (--max-pixels)
 
 
-def read_image(path):
+def read_image(path, max_pixels: int = MAX_PIXELS):
     """Read an image file losslessly: returns (pixels, bit_depth, mode).
 
     pixels is uint8 (bit_depth 8) or uint16 (bit_depth 16), (H, W) for mode "gray" and
-    (H, W, 3) for mode "rgb". Alpha is dropped; palette images are expanded. Raises DataError
-    for a missing or unreadable file and for modes other than gray, RGB and RGBA.
+    (H, W, 3) for mode "rgb". Alpha is dropped; palette images are expanded; an EXIF
+    orientation is applied, so the pixels are the image as a viewer shows it. Raises DataError
+    for a missing, empty or unreadable file, for an image of more than `max_pixels` pixels
+    (read from the header, before anything is decoded) and for modes other than gray, RGB
+    and RGBA.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
     try:
         with Image.open(path) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise DataError(f"{path}: {width}x{height} is {width * height / 1e6:.0f} megapixels, "
+                                f"over the limit of {max_pixels / 1e6:.0f} (raise it with --max-pixels)")
             img.load()
+            img = ImageOps.exif_transpose(img)
             mode = img.mode
             if mode == "P":
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -40,7 +51,9 @@ def read_image(path):
                     raise DataError(f"{path}: 32-bit integer image with values outside 0..65535 "
                                     "(only 8- and 16-bit images are supported)")
                 return pixels.astype(np.uint16), 16, "gray"
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}: refused by Pillow as a decompression bomb ({exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None
     raise DataError(f"{path}: unsupported image mode {mode!r} (expected gray, RGB or RGBA, "
                     "8 or 16 bits)")
@@ -87,7 +100,8 @@ def write_png(path, image01, bit_depth: int = 8) -> None:
     """Write a gray (H, W) or RGB (H, W, 3) float image in [0, 1] as a PNG.
 
     The file is written under a temporary name in the same folder and renamed, so a reader
-    never sees a half-written file. (Pillow writes 16-bit PNGs for gray images only.)
+    never sees a half-written file; it gets the permissions the umask gives a new file.
+    (Pillow writes 16-bit PNGs for gray images only.)
     """
     pixels = to_uint(image01, bit_depth)
     if pixels.ndim == 3 and pixels.shape[-1] == 1:
@@ -96,10 +110,10 @@ def write_png(path, image01, bit_depth: int = 8) -> None:
         raise ValueError("16-bit PNG output is supported for gray images only")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    os.close(fd)
+    tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}.png")
     try:
-        Image.fromarray(pixels).save(tmp, format="PNG")
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+            Image.fromarray(pixels).save(f, format="PNG")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -10,7 +10,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from ifes_jax.data.images import IMAGE_EXTENSIONS, read_image
+from ifes_jax.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, read_image
 from ifes_jax.errors import ConfigError, DataError
 
 MISMATCH_POLICIES = ("error", "skip", "crop")
@@ -75,13 +75,15 @@ def pair_folders(ir_folder, vis_folder) -> list[Pair]:
 
 
 def image_size(path):
-    """(width, height) from the file header."""
+    """(width, height) from the file header, as a viewer shows it (EXIF orientation applied)."""
     try:
         with Image.open(path) as img:
-            return img.size
+            width, height = img.size
+            transposed = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # Orientation: rotated 90°
+            return (height, width) if transposed else (width, height)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    except OSError as exc:
+    except (OSError, Image.DecompressionBombError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None
 
 
@@ -109,10 +111,10 @@ def check_sizes(pairs, mismatch: str = "error"):
     return list(pairs), []
 
 
-def read_pair(pair: Pair, crop_to_common: bool = False):
+def read_pair(pair: Pair, crop_to_common: bool = False, max_pixels: int = MAX_PIXELS):
     """Both images of a pair, as `read_image` returns them: ((ir, bits, mode), (vis, bits, mode)).
     Sizes must agree unless crop_to_common, which keeps the common top-left region."""
-    ir, vis = read_image(pair.ir_path), read_image(pair.vis_path)
+    ir, vis = read_image(pair.ir_path, max_pixels), read_image(pair.vis_path, max_pixels)
     (h1, w1), (h2, w2) = ir[0].shape[:2], vis[0].shape[:2]
     if (h1, w1) != (h2, w2):
         if not crop_to_common:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ifes_jax import parallel, train
 from ifes_jax.data import synthetic
-from tests.test_train import tiny_config
+from tests.helpers.tiny_config import tiny_config
 
 config = tiny_config()
 config.optim.learning_rate = 1e-3
