@@ -195,7 +195,10 @@ def test_a_damaged_checkpoint_is_refused_by_name(tmp_path, capsys, workdir, dama
     shutil.copytree(workdir, run)
     step = run / "checkpoints" / "2"
     if damage == "flip":
-        _flip_bits(_largest_array_file(str(step)), count=-64)
+        for d, _, names in os.walk(step / "state"):  # every data file of the arrays
+            for name in names:
+                if os.path.getsize(os.path.join(d, name)) > 4096:
+                    _flip_bits(os.path.join(d, name), count=-64)
     elif damage == "config":
         (step / "config" / "metadata").write_text("{cut sho")
     else:

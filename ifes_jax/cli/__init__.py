@@ -1,5 +1,19 @@
 """The command-line entry points (`scripts/*.py` and the `ifes-*` commands run these)."""
 import argparse
+import os
+import sys
+
+
+def fail(message: str, hard: bool) -> None:
+    """Exit with `message` as the one line on stderr. `hard` (a real command-line run): at once,
+    as a failed orbax restore leaves tensorstore threads that would print asyncio tracebacks
+    into the output during interpreter shutdown; otherwise (main called from Python) by
+    SystemExit."""
+    if not hard:
+        sys.exit(message)
+    sys.stdout.flush()
+    print(message, file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def add_max_pixels(parser: argparse.ArgumentParser) -> None:

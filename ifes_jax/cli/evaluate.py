@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from ifes_jax.cli import add_max_pixels
+from ifes_jax.cli import add_max_pixels, fail
 
 
 def parse_args(argv=None):
@@ -29,6 +29,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    hard_exit = argv is None
     args = parse_args(argv)
     from absl import logging
     logging.set_verbosity(logging.ERROR)
@@ -42,7 +43,7 @@ def main(argv=None):
                                     figure_pairs=args.figure_pairs, max_pixels=args.max_pixels,
                                     log=lambda msg: print(msg, file=sys.stderr))
     except InputError as exc:
-        sys.exit(f"error: {exc}")
+        fail(f"error: {exc}", hard_exit)
     with open(os.path.join(args.out, "table.md")) as f:
         print(f.read())
     meta = results["meta"]

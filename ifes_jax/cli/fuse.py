@@ -9,7 +9,7 @@ import os
 import sys
 import warnings
 
-from ifes_jax.cli import add_max_pixels
+from ifes_jax.cli import add_max_pixels, fail
 
 
 def parse_args(argv=None):
@@ -55,6 +55,7 @@ def _inside(path, folder):
 
 
 def main(argv=None):
+    hard_exit = argv is None
     args = parse_args(argv)
     if args.device:
         os.environ["JAX_PLATFORMS"] = args.device
@@ -72,7 +73,7 @@ def main(argv=None):
         else:
             fuse_folders(fuse, args)
     except InputError as exc:
-        sys.exit(f"error: {exc}")
+        fail(f"error: {exc}", hard_exit)
 
 
 def _check_device(device):
