@@ -183,27 +183,22 @@ def test_bad_exported_weights_are_refused(tmp_path, capsys, change, needle):
     assert not (tmp_path / "f.png").exists()
 
 
-def _largest_array_file(step_dir):
-    files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(step_dir, "state")) for f in fs]
-    return max(files, key=os.path.getsize)
-
-
 @pytest.mark.parametrize("damage,needle", [
     ("flip", "checkpoints/2"), ("config", "unreadable config"), ("cut", "checkpoints/2")])
 def test_a_damaged_checkpoint_is_refused_by_name(tmp_path, capsys, workdir, damage, needle):
     run = tmp_path / "run"
     shutil.copytree(workdir, run)
     step = run / "checkpoints" / "2"
+    data_files = [os.path.join(d, name) for d, _, names in os.walk(step / "state") for name in names
+                  if os.path.getsize(os.path.join(d, name)) > 4096]  # the arrays' data
     if damage == "flip":
-        for d, _, names in os.walk(step / "state"):  # every data file of the arrays
-            for name in names:
-                if os.path.getsize(os.path.join(d, name)) > 4096:
-                    _flip_bits(os.path.join(d, name), count=-64)
+        for path in data_files:
+            _flip_bits(path, count=-64)
     elif damage == "config":
         (step / "config" / "metadata").write_text("{cut sho")
     else:
-        path = _largest_array_file(str(step))
-        open(path, "r+b").truncate(os.path.getsize(path) // 2)
+        for path in data_files:
+            open(path, "r+b").truncate(os.path.getsize(path) // 2)
     ir, vis = _pair(tmp_path / "in")
     _one_line(*_fuse(capsys, "--checkpoint", str(run), "--ir", ir, "--vis", vis,
                      "--out", str(tmp_path / "f.png")), needle)
