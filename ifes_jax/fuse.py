@@ -72,7 +72,7 @@ class Fuser:
         if not isinstance(self.tile, int) or self.tile < MIN_TILE:
             raise InputError(f"tile must be an integer of at least {MIN_TILE} pixels (two "
                              f"{RECEPTIVE_MARGIN + SMOOTH_SIZE // 2}-pixel margins and a core), got {self.tile}")
-        if not all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(self.params)):
+        if not all(np.all(np.isfinite(p)) for p in jax.tree.leaves(jax.device_get(self.params))):
             raise InputError("the model's parameters are not all finite (NaN or inf)")
 
     @functools.cached_property

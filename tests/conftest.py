@@ -15,10 +15,11 @@ CACHE = pathlib.Path(os.environ.get(
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-os.environ.setdefault("IFES_JAX_CACHE", str(CACHE))  # the CLIs' own cache setting
+# the fuse and evaluate CLIs' own cache (digest-checked: it drops entries it did not record)
+os.environ.setdefault("IFES_JAX_CACHE", str(CACHE / "cli"))
 
 
 def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the controller (or a run without xdist)
         shutil.rmtree(CACHE, ignore_errors=True)
-    CACHE.mkdir(parents=True, exist_ok=True)
+    (CACHE / "cli").mkdir(parents=True, exist_ok=True)

@@ -335,3 +335,15 @@ def test_a_failed_resume_changes_nothing_in_the_workdir(tmp_path, workdir):
         train.train_and_evaluate(config, str(run))
     assert _digest(files) == before
     assert sorted(os.path.join(d, f) for d, _, fs in os.walk(run) for f in fs) == sorted(files)
+
+
+def test_a_compilation_cache_entry_that_fails_its_digest_is_dropped(tmp_path):
+    good, bad, unrecorded = (tmp_path / f"jit_f-{k}-cache" for k in ("a", "b", "c"))
+    good.write_bytes(b"program a")
+    bad.write_bytes(b"program b")
+    compilation_cache.record_digests(str(tmp_path))
+    unrecorded.write_bytes(b"program c")  # written by a run that did not exit cleanly
+    bad.write_bytes(b"program B")  # bytes changed on disk
+    dropped = compilation_cache.drop_unverified(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in dropped) == [bad.name, unrecorded.name]
+    assert sorted(os.listdir(tmp_path)) == [good.name, good.name + ".sha256"]

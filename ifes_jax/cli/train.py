@@ -57,16 +57,17 @@ def _train(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
     from ifes_jax import cpu, parallel, train
+    from ifes_jax.cli import fail
     from ifes_jax.errors import InputError
     FLAGS = flags.FLAGS
     cpu.configure_process()  # process-wide CPU settings (glibc's malloc); starts no backend
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     stop = train.StopRequest().install()
-    stop.requested = STOP["requested"]
+    stop.requested = stop.requested or STOP["requested"]
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir, stop)
-    except (InputError, train.NonFiniteLossError) as exc:
-        sys.exit(f"error: {exc}")
+    except (InputError, train.NonFiniteLossError) as exc:  # after teardown, so exiting at once is safe
+        fail(f"error: {exc}", hard=True)
     except KeyboardInterrupt:
         sys.stderr.write(f"interrupted: {FLAGS.workdir}/checkpoints keeps the last complete checkpoint\n")
         sys.exit(130)
