@@ -153,21 +153,7 @@ def evaluate(data_dir, methods, out_dir, *, profile: str = "paper", quantize: bo
     start = time.perf_counter()
 
     def score(pair):
-        """(pair, row, images) or (pair, error)."""
-        try:
-            ir, vis, vis_mode = load_pair(pair, max_pixels)
-            row, images = {}, {}
-            for m in methods:
-                fused, weights = runner.fuse(m, pair.name, ir, vis)
-                _check_finite(fused, f"method {m.label}, pair {pair.name}")
-                if quantize and m.kind != "dir":
-                    fused = np.rint(np.clip(fused, 0, 1) * 255) / 255
-                row[m.label] = {k: float(v) for k, v in
-                                jax.device_get(metrics.compute(fused, ir, vis, profile)).items()}
-                images[m.label] = (fused, weights)
-            return pair, (ir, vis, vis_mode, row, images), None
-        except InputError as exc:
-            return pair, None, exc
+        return _score_pair(runner, methods, pair, profile, quantize, max_pixels)
 
     for i, (pair, result, error) in enumerate(map(score, selected)):
         if error is not None:
@@ -193,13 +179,36 @@ def evaluate(data_dir, methods, out_dir, *, profile: str = "paper", quantize: bo
             "colour_pairs": colour_pairs, "quantize": quantize, "skipped": skipped,
             "seconds": seconds, "conventions": metrics.CONVENTIONS[profile]}
     results = dict(means, per_pair=per_pair, meta=meta)
-    os.makedirs(out_dir, exist_ok=True)
+    _write_outputs(out_dir, results, names, figure_rows)
+    return results
+
+
+def _score_pair(runner, methods, pair, profile, quantize, max_pixels):
+    """(pair, (ir, vis, vis_mode, row, images), None), or (pair, None, error)."""
+    try:
+        ir, vis, vis_mode = load_pair(pair, max_pixels)
+        row, images = {}, {}
+        for m in methods:
+            fused, weights = runner.fuse(m, pair.name, ir, vis)
+            _check_finite(fused, f"method {m.label}, pair {pair.name}")
+            if quantize and m.kind != "dir":
+                fused = np.rint(np.clip(fused, 0, 1) * 255) / 255
+            row[m.label] = {k: float(v) for k, v in
+                            jax.device_get(metrics.compute(fused, ir, vis, profile)).items()}
+            images[m.label] = (fused, weights)
+        return pair, (ir, vis, vis_mode, row, images), None
+    except InputError as exc:
+        return pair, None, exc
+
+
+def _write_outputs(out_dir, results, names, figure_rows):
+    """results.json, table.md, per_pair.csv and figure.png, each written whole."""
+    means = {k: v for k, v in results.items() if k not in ("per_pair", "meta")}
     _write_atomic(os.path.join(out_dir, "results.json"), json.dumps(results, indent=2))
-    _write_atomic(os.path.join(out_dir, "table.md"), markdown_table(means, names, meta))
-    _write_csv(os.path.join(out_dir, "per_pair.csv"), per_pair, names)
+    _write_atomic(os.path.join(out_dir, "table.md"), markdown_table(means, names, results["meta"]))
+    _write_csv(os.path.join(out_dir, "per_pair.csv"), results["per_pair"], names)
     if figure_rows:
         figure_grid(os.path.join(out_dir, "figure.png"), figure_rows)
-    return results
 
 
 def markdown_table(means, names, meta) -> str:

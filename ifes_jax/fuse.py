@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ifes_jax import checkpoint, losses, model as model_lib
+from ifes_jax import checkpoint, configured, losses, model as model_lib
 from ifes_jax.data.images import (MAX_PIXELS, luma, read_image, rgb_to_ycbcr, to_float01,
                                   write_png, ycbcr_to_rgb)
 from ifes_jax.errors import DataError, InputError
@@ -155,7 +155,7 @@ def load(path, step: int | None = None, *, half_precision: bool = False,
         step = mngr.latest_step() if step is None else step
         where = f"{folder}/{step}"
         config = checkpoint.guarded(where, "config", lambda: checkpoint.restore_config(mngr, step))
-        net = model_lib.from_config(config.model, half_precision)
+        net = configured.from_config(config.model, half_precision)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                                 abstract_params(net))
@@ -318,7 +318,7 @@ def load_exported(folder: str = SHIPPED_WEIGHTS, *, half_precision: bool = False
             config = ml_collections.ConfigDict(json.load(f))
     except ValueError as exc:
         raise InputError(f"{paths[1]}: not a JSON config ({exc})") from None
-    net = model_lib.from_config(config.model, half_precision)
+    net = configured.from_config(config.model, half_precision)
     template = abstract_params(net)
     with open(paths[0], "rb") as f:
         try:

@@ -13,7 +13,7 @@ Every ablation of the paper is a field of `IFESNet`, not a copy of the code:
 ("w/o IFEM", Fig. 9b, Tables III–IV).
 
 The convolution itself is a field too (`conv`): XLA's `conv3x3` below by default, or any
-function of the same signature, such as the oneDNN one that `ifes_jax.cpu` picks on a CPU.
+function of the same signature (`ifes_jax.configured.from_config` picks the platform's).
 """
 from __future__ import annotations
 
@@ -237,21 +237,3 @@ class IFESNet(nn.Module):
         shapes = jax.eval_shape(self.init, jax.random.key(0), x, x)["params"]
         return {name: p["kernel"].shape[2:] for name, p in shapes.items()}
 
-
-def from_config(model_config, half_precision: bool = False) -> IFESNet:
-    """An `IFESNet` from the `config.model` block of a config file; `half_precision` computes
-    in bfloat16 (parameters stay in `param_dtype`). The convolution is the one
-    `ifes_jax.cpu.conv_for` picks for `model.conv_backend` on this platform."""
-    from ifes_jax import cpu
-    return IFESNet(
-        num_stages=model_config.num_stages,
-        hierarchical_connection=model_config.hierarchical_connection,
-        interactive=model_config.interactive,
-        width_multiplier=model_config.width_multiplier,
-        activation=model_config.activation,
-        weight_activation=model_config.weight_activation,
-        dtype=jnp.bfloat16 if half_precision else jnp.dtype(model_config.dtype),
-        param_dtype=jnp.dtype(model_config.param_dtype),
-        remat=model_config.get("remat", False),
-        conv=cpu.conv_for(model_config.get("conv_backend", "auto")),
-    )

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from ifes_jax import checkpoint, config_check, cpu, losses, model as model_lib, parallel
+from ifes_jax import checkpoint, config_check, configured, cpu, losses, parallel
 from ifes_jax.data import pipeline, synthetic
 from ifes_jax.data.images import write_png
 from ifes_jax.errors import ConfigError
@@ -65,7 +65,7 @@ def make_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
 
 def create_train_state(config, rng, image_size: int = 64) -> train_state.TrainState:
     """A fresh TrainState: parameters from `rng`, the optimizer from `config.optim`."""
-    net = model_lib.from_config(config.model, half_precision=config.get("half_precision", False))
+    net = configured.from_config(config.model, half_precision=config.get("half_precision", False))
     dummy = jnp.zeros((1, image_size, image_size, 1), jnp.float32)
     params = jax.jit(net.init)(rng, dummy, dummy)["params"]
     tx = make_optimizer(config.optim, config.train.steps)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import default, quickstart
-from ifes_jax import cpu, losses, metrics, model as model_lib, train
+from ifes_jax import configured, cpu, losses, metrics, model as model_lib, train
 from ifes_jax.data import pipeline, synthetic
 
 # dense tensor-core peaks (FLOP/s) of cards we may be lent, SXM parts: (TF32, bfloat16). XLA runs
@@ -111,7 +111,7 @@ def inference_pair(height, width):
 
 def case_inference(name, config, height, width, repeats, rates, tile=None, half=False):
     from ifes_jax import fuse
-    net = model_lib.from_config(config.model, half)
+    net = configured.from_config(config.model, half)
     x = jnp.zeros((1, 16, 16, 1))
     params = jax.jit(net.init)(jax.random.key(0), x, x)["params"]
     fuser = fuse.Fuser(config, params, net, tile=tile or max(height, width, fuse.MIN_TILE))
@@ -135,7 +135,7 @@ def case_convs(name, config, crop, batch, repeats, rates):
     oneDNN's): the summed time per kind and path over the network's layers, and each distinct shape's
     rate."""
     from ifes_jax.cpu import onednn_conv, xla_flags
-    counts = collections.Counter(model_lib.from_config(config.model).layers().values())
+    counts = collections.Counter(configured.from_config(config.model).layers().values())
     rng = np.random.default_rng(0)
     rows = []
     for path, options in CONV_PATHS.items():

@@ -10,9 +10,7 @@ python scripts/benchmark_torch.py [--out torch.json] [--repeats 3] [--cases quic
 import argparse
 import collections
 import json
-import os
 import statistics
-import sys
 import time
 
 import numpy as np
@@ -95,9 +93,9 @@ def jax_reference(config, crop, batch):
     """(JAX model, its params, inputs, its outputs and loss) for the equivalence check."""
     import jax
     import jax.numpy as jnp
-    from ifes_jax import losses, model as model_lib
+    from ifes_jax import configured, losses
     from ifes_jax.data import synthetic
-    net = model_lib.from_config(config.model)
+    net = configured.from_config(config.model)
     ir, vis = synthetic.synthetic_pairs(0, batch, crop, crop)
     ir, vis = jnp.asarray(ir[..., None]), jnp.asarray(vis[..., None])
     params = net.init(jax.random.key(0), ir, vis)["params"]
@@ -146,8 +144,8 @@ def case_convs(name, config, crop, batch, repeats):
     """Every convolution of the network alone (NCHW, as a PyTorch model runs them): forward,
     input gradient and weight gradient, summed over the layer list like scripts/benchmark.py's
     `convs` case."""
-    from ifes_jax import model as model_lib
-    counts = collections.Counter(model_lib.from_config(config.model).layers().values())
+    from ifes_jax import configured
+    counts = collections.Counter(configured.from_config(config.model).layers().values())
     totals = {"forward": 0.0, "input grad": 0.0, "weight grad": 0.0}
     shapes = []
     for (cin, cout), count in counts.items():

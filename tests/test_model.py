@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ifes_jax import cpu, model
+from ifes_jax import cpu
 from ifes_jax.cpu import native
 from ifes_jax.model import IFESNet
 

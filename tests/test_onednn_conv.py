@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from ifes_jax import cpu, model
+from ifes_jax import configured, cpu, model
 from ifes_jax.cpu import native, onednn_conv
 from ifes_jax.errors import ConfigError
 from ifes_jax.model import IFESNet
@@ -188,9 +188,9 @@ def _models():
     """The quickstart-width model on the default CPU path and on XLA's, with parameters."""
     config = quickstart.get_config().model
     config.width_multiplier = 0.0625
-    default = model.from_config(config)
+    default = configured.from_config(config)
     config.conv_backend = "xla"
-    reference = model.from_config(config)
+    reference = configured.from_config(config)
     rng = np.random.default_rng(4)
     ir = jnp.asarray(rng.uniform(size=(2, 14, 12, 1)), jnp.float32)
     vis = jnp.asarray(rng.uniform(size=(2, 14, 12, 1)), jnp.float32)

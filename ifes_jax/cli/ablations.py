@@ -103,8 +103,17 @@ def main(argv=None):
         sys.exit(f"error: {args.config}: bad override ({exc})")
     prepare_data(config)
     os.makedirs(args.workdir, exist_ok=True)
-    deadline = None if args.time_limit is None else time.monotonic() + args.time_limit
     todo = [n for n in names if not finished(os.path.join(args.workdir, n), config.train.steps)]
+    run_variants(todo, args, common)
+    summary = export_all(names, args.workdir, config.train.steps)
+    print(json.dumps(summary, indent=2))
+    return 0 if all(v["finished"] for v in summary.values()) else 1
+
+
+def run_variants(todo, args, common):
+    """Train the variants `todo`, `args.jobs` at a time, until done or `args.time_limit`
+    (then SIGTERM, which checkpoints them)."""
+    deadline = None if args.time_limit is None else time.monotonic() + args.time_limit
     running = {}
     while todo or running:
         while todo and len(running) < args.jobs:
@@ -125,19 +134,22 @@ def main(argv=None):
             proc, log = running.pop(name)
             log.close()
             print(f"{name}: exit {proc.returncode}", flush=True)
+
+
+def export_all(names, workdir_root, steps):
+    """Export the best checkpoint of every variant that has one: {name: {finished, export}}."""
     summary = {}
     for name in names:
-        workdir = os.path.join(args.workdir, name)
-        done = finished(workdir, config.train.steps)
+        workdir = os.path.join(workdir_root, name)
+        done = finished(workdir, steps)
         if not done and not os.path.isdir(os.path.join(workdir, "checkpoints")):
             summary[name] = {"finished": False, "export": None}
             continue
-        out = os.path.join(args.workdir, "exports", name)
+        out = os.path.join(workdir_root, "exports", name)
         subprocess.run([sys.executable, "-m", "ifes_jax.cli.export_weights",
                         "--workdir", workdir, "--out", out], check=True)
         summary[name] = {"finished": done, "export": out}
-    print(json.dumps(summary, indent=2))
-    return 0 if all(v["finished"] for v in summary.values()) else 1
+    return summary
 
 
 if __name__ == "__main__":

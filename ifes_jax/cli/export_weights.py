@@ -6,7 +6,6 @@ python scripts/export_weights.py --workdir runs/tno_cpu [--step N] [--out ifes_j
 import argparse
 import json
 import os
-import sys
 
 
 def best_step(workdir):
