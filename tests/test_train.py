@@ -202,7 +202,10 @@ def test_the_loop_tears_down_however_it_ends(tmp_path, monkeypatch, fault):
         train.train_and_evaluate(config, workdir)
     assert _complete_checkpoints(workdir) == [3]
     assert [r["step"] for r in _read(os.path.join(workdir, "metrics.jsonl"))] == [2]
-    lingering = [t for t in set(threading.enumerate()) - threads if t.is_alive() and not t.daemon]
+    new_threads = [t for t in set(threading.enumerate()) - threads if not t.daemon]
+    for t in new_threads:  # orbax's asyncio worker may take a moment to finish after close()
+        t.join(timeout=20)
+    lingering = [t for t in new_threads if t.is_alive()]  # would block the interpreter's exit
     assert not lingering, lingering
     monkeypatch.undo()
     resumed = train.train_and_evaluate(config, workdir)
