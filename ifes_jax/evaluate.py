@@ -2,8 +2,11 @@
 
 Methods are the classical baselines (`average`, `max`, `laplacian`, `target`), a trained model
 (`ckpt:PATH`: a workdir, a checkpoint folder or a folder of exported weights) or fused images
-made by any other tool (`dir:PATH`, matched to the pairs by file name). Colour visible images are evaluated on their
-BT.601 Y channel. Writes `table.md`, `per_pair.csv`, `results.json` and `figure.png`.
+made by any other tool (`dir:PATH`, matched to the pairs by file name). The methods fuse the gray
+infrared image with the visible image's BT.601 Y; the profile (`profiles`) decides how the images
+are scored: gray (`paper`, `default`), per RGB channel with the fused Y recoloured by the visible
+image's chroma (`vifb`), or gray as OpenCV reads it (`cddfuse`). Writes `table.md`,
+`per_pair.csv`, `results.json` and `figure.png`.
 """
 from __future__ import annotations
 
@@ -16,9 +19,10 @@ import time
 import jax
 import numpy as np
 
-from ifes_jax import baselines, metrics
+from ifes_jax import baselines, profiles
 from ifes_jax.data import pairs as pairs_lib
-from ifes_jax.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, luma, read_image, to_float01
+from ifes_jax.data.images import (IMAGE_EXTENSIONS, MAX_PIXELS, luma, read_image, rgb_to_ycbcr,
+                                  to_float01, ycbcr_to_rgb)
 from ifes_jax.errors import ConfigError, DataError, InputError
 
 
@@ -85,10 +89,31 @@ def gray01(pixels, bit_depth):
     return luma(to_float01(pixels, bit_depth))
 
 
-def load_pair(pair, max_pixels: int = MAX_PIXELS):
-    """(ir, vis_y, vis_mode) as float32 (H, W) in [0, 1]."""
+@dataclasses.dataclass
+class LoadedPair:
+    ir: np.ndarray  # the methods' inputs: gray infrared, visible Y, float (H, W) in [0, 1]
+    vis: np.ndarray
+    vis_mode: str
+    scored_ir: np.ndarray  # the images as the profile scores them (`profiles.to_inputs`)
+    scored_vis: np.ndarray
+    vis_rgb: np.ndarray | None  # the colour visible image, for recolouring a gray fusion
+
+
+def load_pair(pair, profile: str = "paper", max_pixels: int = MAX_PIXELS) -> LoadedPair:
     (ir, ir_bits, _), (vis, vis_bits, vis_mode) = pairs_lib.read_pair(pair, max_pixels=max_pixels)
-    return gray01(ir, ir_bits), gray01(vis, vis_bits), vis_mode
+    ir01, vis01 = to_float01(ir, ir_bits), to_float01(vis, vis_bits)
+    return LoadedPair(luma(ir01), luma(vis01), vis_mode, profiles.to_inputs(ir01, profile),
+                      profiles.to_inputs(vis01, profile), vis01 if vis01.ndim == 3 else None)
+
+
+def scored_fusion(fused, pair: LoadedPair, profile: str):
+    """A method's gray fusion as the profile scores it: recoloured with the visible image's
+    chroma (BT.601, as `fuse.py` writes it) for a per-channel profile and a colour pair."""
+    if profiles.PROFILES[profile].colour == "channels" and pair.vis_rgb is not None:
+        ycbcr = rgb_to_ycbcr(pair.vis_rgb)
+        ycbcr[..., 0] = fused
+        return np.clip(ycbcr_to_rgb(ycbcr), 0.0, 1.0)
+    return fused
 
 
 def _find_fused(folder, name):
@@ -109,8 +134,9 @@ class Runner:
         self._models = {}
         self._baselines = {name: jax.jit(fn) for name, fn in baselines.BASELINES.items()}
 
-    def fuse(self, method, name, ir, vis):
-        """(fused float (H, W), weights (H, W, 2) or None)."""
+    def fuse(self, method, name, ir, vis, profile: str = "paper"):
+        """(fused float (H, W), weights (H, W, 2) or None); a `dir:` method's image is read as
+        `profile` scores it."""
         if method.kind == "baseline":
             return np.asarray(self._baselines[method.arg](ir, vis)), None
         if method.kind == "ckpt":
@@ -121,8 +147,8 @@ class Runner:
             return out["fused"], out["weights"]
         path = _find_fused(method.arg, name)
         pixels, bits, _ = read_image(path, self.max_pixels)
-        fused = gray01(pixels, bits)
-        if fused.shape != ir.shape:
+        fused = profiles.to_inputs(to_float01(pixels, bits), profile)
+        if fused.shape[:2] != ir.shape:
             raise DataError(f"{path} is {fused.shape[1]}x{fused.shape[0]}, its pair is "
                             f"{ir.shape[1]}x{ir.shape[0]}")
         return fused, None
@@ -142,12 +168,13 @@ def evaluate(data_dir, methods, out_dir, *, profile: str = "paper", quantize: bo
     uses it) unless `quantize`, which scores the 8-bit image that would be saved. Returns the
     results dict written to results.json.
     """
-    if profile not in metrics.PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}: use {', '.join(metrics.PROFILES)}")
+    if profile not in profiles.PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}: use {', '.join(profiles.PROFILES)}")
+    quantize = quantize or profiles.PROFILES[profile].eight_bit
     selected = select_pairs(pairs_lib.find_pairs(data_dir), pair_spec)
     _check_out_dir(out_dir, [data_dir] + [m.arg for m in methods if m.kind == "dir"])
     runner = Runner(methods, max_pixels)
-    names = list(metrics.PROFILES[profile])
+    names = profiles.names(profile)
     per_pair = {m.label: {} for m in methods}
     skipped, colour_pairs, figure_rows = [], 0, []
     start = time.perf_counter()
@@ -177,7 +204,9 @@ def evaluate(data_dir, methods, out_dir, *, profile: str = "paper", quantize: bo
              for label, rows in per_pair.items()}
     meta = {"data": os.path.abspath(data_dir), "profile": profile, "pairs": len(per_pair[methods[0].label]),
             "colour_pairs": colour_pairs, "quantize": quantize, "skipped": skipped,
-            "seconds": seconds, "conventions": metrics.CONVENTIONS[profile]}
+            "seconds": seconds, "conventions": profiles.conventions(profile),
+            "lower_is_better": sorted(profiles.lower_is_better(profile)),
+            "colour_note": profiles.PROFILES[profile].colour_note}
     results = dict(means, per_pair=per_pair, meta=meta)
     _write_outputs(out_dir, results, names, figure_rows)
     return results
@@ -186,17 +215,18 @@ def evaluate(data_dir, methods, out_dir, *, profile: str = "paper", quantize: bo
 def _score_pair(runner, methods, pair, profile, quantize, max_pixels):
     """(pair, (ir, vis, vis_mode, row, images), None), or (pair, None, error)."""
     try:
-        ir, vis, vis_mode = load_pair(pair, max_pixels)
+        loaded = load_pair(pair, profile, max_pixels)
         row, images = {}, {}
         for m in methods:
-            fused, weights = runner.fuse(m, pair.name, ir, vis)
+            fused, weights = runner.fuse(m, pair.name, loaded.ir, loaded.vis, profile)
             _check_finite(fused, f"method {m.label}, pair {pair.name}")
-            if quantize and m.kind != "dir":
-                fused = np.rint(np.clip(fused, 0, 1) * 255) / 255
-            row[m.label] = {k: float(v) for k, v in
-                            jax.device_get(metrics.compute(fused, ir, vis, profile)).items()}
+            if m.kind != "dir":
+                if quantize:
+                    fused = np.rint(np.clip(fused, 0, 1) * 255) / 255
+                fused = scored_fusion(fused, loaded, profile)
+            row[m.label] = profiles.score(fused, loaded.scored_ir, loaded.scored_vis, profile)
             images[m.label] = (fused, weights)
-        return pair, (ir, vis, vis_mode, row, images), None
+        return pair, (loaded.ir, loaded.vis, loaded.vis_mode, row, images), None
     except InputError as exc:
         return pair, None, exc
 
@@ -212,26 +242,29 @@ def _write_outputs(out_dir, results, names, figure_rows):
 
 
 def markdown_table(means, names, meta) -> str:
-    """Rows: metrics; columns: methods; the best (largest) of each row in bold."""
+    """Rows: metrics; columns: methods; the best of each row in bold."""
     labels = list(means)
+    lower = set(meta.get("lower_is_better", ()))
     lines = ["| metric | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
     for name in names:
         values = [means[label][name] for label in labels]
-        best = max(values)
+        best = min(values) if name in lower else max(values)
         cells = [(f"**{_fmt(v)}**" if v == best else _fmt(v)) for v in values]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name}{' ↓' if name in lower else ''} | " + " | ".join(cells) + " |")
+    direction = (f"lower is better for {', '.join(sorted(lower))} (↓), larger for the rest"
+                 if lower else "larger is better for every metric")
     notes = [
         "",
         f"Mean over {meta['pairs']} pairs of `{meta['data']}`, profile `{meta['profile']}`; "
-        "larger is better for every metric; the best of each row is in bold.",
-        ("Built-in methods are scored on the 8-bit images they would save (`--quantize`)."
-         if meta["quantize"] else
+        f"{direction}; the best of each row is in bold.",
+        ("Built-in methods are scored on the 8-bit images they would save (`--quantize`, and "
+         "always for the toolbox profiles)." if meta["quantize"] else
          "Built-in methods are scored on their float fusion (0–255 scale where a metric uses it), "
          "not on a saved 8-bit image."),
     ]
     if meta["colour_pairs"]:
-        notes.append(f"{meta['colour_pairs']} pair(s) have colour visible images: they are "
-                     "evaluated on the BT.601 Y channel.")
+        notes.append(f"{meta['colour_pairs']} pair(s) have colour visible images: "
+                     f"{meta.get('colour_note', 'they are scored on their BT.601 Y')}.")
     if meta["skipped"]:
         notes.append("Skipped: " + "; ".join(f"{n} ({why})" for n, why in meta["skipped"]))
     notes.append("")

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import default, quickstart
-from ifes_jax import configured, cpu, losses, metrics, model as model_lib, train
+from ifes_jax import configured, cpu, losses, model as model_lib, profiles, train
 from ifes_jax.data import pipeline, synthetic
 
 # dense tensor-core peaks (FLOP/s) of cards we may be lent, SXM parts: (TF32, bfloat16). XLA runs
@@ -220,12 +220,17 @@ def case_pipeline(crop, batch, repeats_batches):
             "batches_per_s": 1 / seconds}
 
 
-def case_eval(height, width, repeats):
+def case_eval(height, width, repeats, profile="default"):
+    """One pair scored by a whole profile (`profiles.score`: jitted, per channel batched by
+    vmap); `vifb` on a colour pair, the others on gray."""
     ir, vis = synthetic.synthetic_pair(3, height, width)
     fused = (ir + vis) / 2
-    compile_s, seconds = timed(lambda: metrics.compute(fused, ir, vis, "default"), repeats)
-    return {"case": f"evaluation {width}x{height}, default profile", "kind": "metrics per pair",
-            "seconds": seconds, "compile_s": compile_s}
+    if profile == "vifb":
+        fused, vis = (np.stack([x, x ** 1.1, x ** 0.9], axis=-1) for x in (fused, vis))
+    compile_s, seconds = timed(lambda: profiles.score(fused, ir, vis, profile), repeats)
+    colour = "colour" if profile == "vifb" else "gray"
+    return {"case": f"evaluation {width}x{height} {colour}, {profile} profile",
+            "kind": "metrics per pair", "seconds": seconds, "compile_s": compile_s}
 
 
 def train_cases(tiny, gpu):
@@ -334,7 +339,8 @@ def run(cases, tiny, repeats, plot, on_row=lambda rows: None, conv_backend="auto
         rows.append(case_pipeline(16 if tiny else 128, 1, 3 if tiny else 300) | memory())
         rows.append(case_pipeline(16 if tiny else 64, 4, 3 if tiny else 300) | memory())
     if "eval" in cases:
-        rows.append(case_eval(*((80, 96) if tiny else (480, 640)), repeats) | memory())
+        for profile in ("default", "vifb", "cddfuse"):
+            rows.append(case_eval(*((80, 96) if tiny else (480, 640)), repeats, profile) | memory())
     return head | {"rows": list(rows)}
 
 

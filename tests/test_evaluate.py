@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ifes_jax import evaluate, metrics
+from ifes_jax import evaluate, metrics, profiles
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +48,7 @@ def test_cli_writes_table_csv_json_and_figure(tmp_path):
     results = json.loads((out / "results.json").read_text())
     labels = ["average", "max", "laplacian", "target", "other"]
     assert all(label in results for label in labels)
-    assert set(results["average"]) == set(metrics.PROFILES["default"])
+    assert set(results["average"]) == set(profiles.names("default"))
     # the average fused by the other tool, saved in 8 bits, scores like our float average
     assert abs(results["other"]["EN"] - results["average"]["EN"]) < 0.1
     rows = list(csv.DictReader(open(out / "per_pair.csv")))

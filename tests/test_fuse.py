@@ -143,7 +143,7 @@ def test_sixteen_bit_gray_output(tmp_path, workdir):
 def _one_line_error(result):
     assert result.returncode != 0
     lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
-    assert len(lines) == 1, result.stderr[-2000:]
+    assert len(lines) == 1, result.stderr[:3000]
     return lines[0]
 
 

@@ -1,7 +1,7 @@
 """Score fusion methods on a folder of pairs and write a paper-style table:
 
 python scripts/evaluate.py --data DIR --methods average,max,laplacian,target,ckpt:PATH,dir:PATH
-    --profile paper|default --out DIR [--pairs 001..020] [--quantize] [--skip-bad]
+    --profile paper|default|vifb|cddfuse --out DIR [--pairs 001..020] [--quantize] [--skip-bad]
 """
 import argparse
 import os
@@ -15,7 +15,7 @@ def parse_args(argv=None):
     p.add_argument("--data", required=True, help="a pairs folder (ir/, vis/ with matching names)")
     p.add_argument("--methods", default="average,max,laplacian,target",
                    help="comma list: average, max, laplacian, target, ckpt:PATH, dir:PATH")
-    p.add_argument("--profile", choices=["paper", "default"], default="paper",
+    p.add_argument("--profile", choices=["paper", "default", "vifb", "cddfuse"], default="paper",
                    help="metric set and conventions (default: paper)")
     p.add_argument("--out", required=True, help="folder for table.md, per_pair.csv, results.json, figure.png")
     p.add_argument("--pairs", help="pairs to use: names and ranges 'a..b', comma separated, or @listfile")

@@ -1,0 +1,110 @@
+"""The `vifb` and `cddfuse` profiles against the toolboxes' own stored values (../shared/data).
+
+vifb/vifb_metrics.csv: VIFB's MATLAB values, 12 methods x 21 pairs x 13 metrics, 5 significant
+digits. cddfuse-test/reference_metrics.csv: CDDFuse's Evaluator on 75 pairs x 3 methods x 12
+metrics, full precision. Images are read as `evaluate` reads them for the profile; the methods of
+a pair are scored in one batched call.
+"""
+import collections
+import csv
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from ifes_jax import profiles
+from ifes_jax.data.images import IMAGE_EXTENSIONS, read_image, to_float01
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+VIFB_NAMES = {"Cross_entropy": "CE", "Entropy": "EN", "Mutinf": "MI", "Psnr": "PSNR",
+              "Avg_gradient": "AG", "Edge_intensity": "EI", "Qabf": "Qabf", "Variance": "SD",
+              "Spatial_frequency": "SF", "Rmse": "RMSE", "Ssim": "SSIM", "Qcb": "Qcb", "Qcv": "Qcv"}
+# scikit-image rounds its filtered moments to float32, and with L = 2 on 0–255 data SSIM's C1 and
+# C2 are below that rounding: its flat windows carry float32 noise no other order reproduces
+CDDFUSE_RTOL = collections.defaultdict(lambda: 1e-5, SSIM=2e-4)
+
+
+def _need(folder):
+    if not os.path.isdir(folder):
+        pytest.skip(f"{folder} is absent (the shared data lives beside the project)")
+
+
+def _read(stem, profile):
+    path = next(stem + ext for ext in IMAGE_EXTENSIONS if os.path.isfile(stem + ext))
+    pixels, bits, _ = read_image(path)
+    return profiles.to_inputs(to_float01(pixels, bits), profile)
+
+
+def _score_methods(fused_list, ir, vis, profile):
+    """{metric: array over methods}, one batched float64 call."""
+    with jax.enable_x64(True):
+        fused, ir, vis = (np.asarray(x, np.float64) for x in (np.stack(fused_list), ir, vis))
+        batched = jax.vmap(profiles.compute, in_axes=(0, None, None, None))
+        return {k: np.asarray(v) for k, v in jax.device_get(batched(fused, ir, vis, profile)).items()}
+
+
+def _references(path, key_fields, name_of=lambda n: n):
+    table = collections.defaultdict(lambda: collections.defaultdict(dict))
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            pair_key = tuple(row[k] for k in key_fields)
+            table[pair_key][row["method"]][name_of(row["metric"])] = float(row["value"])
+    return table
+
+
+def _vifb_tolerance(value):
+    """Half a unit in the 5th significant digit, plus 5 % for the float formatting."""
+    return 0.5 * 10.0 ** (np.floor(np.log10(abs(value))) - 4) * 1.05
+
+
+def test_vifb_profile_reproduces_every_stored_vifb_value():
+    root = os.path.join(DATA, "vifb")
+    _need(root)
+    table = _references(os.path.join(root, "vifb_metrics.csv"), ("pair",), VIFB_NAMES.get)
+    checked, misses = 0, []
+    for (pair,), by_method in sorted(table.items()):
+        methods = sorted(by_method)
+        fused = [_read(os.path.join(root, "fused", m, pair), "vifb") for m in methods]
+        got = _score_methods(fused, _read(os.path.join(root, "ir", pair), "vifb"),
+                             _read(os.path.join(root, "vis", pair), "vifb"), "vifb")
+        for i, method in enumerate(methods):
+            for name, want in by_method[method].items():
+                checked += 1
+                if abs(got[name][i] - want) > _vifb_tolerance(want):
+                    misses.append((method, pair, name, float(got[name][i]), want))
+    assert checked == 12 * 21 * 13
+    assert not misses, misses[:10]
+
+
+def test_cddfuse_profile_reproduces_every_value_of_cddfuses_evaluator():
+    root = os.path.join(DATA, "cddfuse-test")
+    _need(root)
+    table = _references(os.path.join(root, "reference_metrics.csv"), ("set", "pair"))
+    checked, misses = 0, []
+    for (subset, pair), by_method in sorted(table.items()):
+        folder = os.path.join(root, subset)
+        methods = sorted(by_method)
+        fused = [_read(os.path.join(folder, "fused", m, pair), "cddfuse") for m in methods]
+        got = _score_methods(fused, _read(os.path.join(folder, "ir", pair), "cddfuse"),
+                             _read(os.path.join(folder, "vi", pair), "cddfuse"), "cddfuse")
+        for i, method in enumerate(methods):
+            for name, want in by_method[method].items():
+                checked += 1
+                if abs(got[name][i] - want) > CDDFUSE_RTOL[name] * abs(want):
+                    misses.append((subset, method, pair, name, float(got[name][i]), want))
+    assert checked == 75 * 3 * 12
+    assert not misses, misses[:10]
+
+
+def test_opencv_gray_is_bt601_rounded_to_integers():
+    """0.299 R + 0.587 G + 0.114 B, worked by hand: 18.15 -> 18, 0.299 -> 0, 254.886 -> 255."""
+    rgb = np.array([[[10, 20, 30], [255, 255, 255], [0, 0, 0], [1, 0, 0], [255, 255, 254]]],
+                   np.float32) / 255
+    np.testing.assert_array_equal(profiles.opencv_gray(rgb) * 255, [[18, 255, 0, 0, 255]])
+
+
+def test_toolbox_profiles_refuse_float32_only_calls():
+    x = np.full((80, 80), 0.5, np.float32)
+    with pytest.raises(ValueError, match="float64"):
+        profiles.compute(x, x, x, "vifb")
