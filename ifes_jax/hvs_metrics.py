@@ -42,11 +42,12 @@ def _gaussian_taps_unnormalised(sigma):
 
 
 def _masked_contrast(image):
-    """C' = C³ / (C² + 1e-4), C = |(G2 ∗ I) / (G4 ∗ I) − 1| (zero-padded 'same' filtering)."""
+    """C' = C³ / (C² + 1e-4), C = |(G2 ∗ I) / (G4 ∗ I) − 1| (zero-padded 'same' filtering);
+    C = 0 where G4 ∗ I = 0 (an all-zero image: MATLAB's code gives NaN there)."""
     padded = jnp.pad(image, 15)
     narrow = losses.separable_filter_valid(padded, _gaussian_taps_unnormalised(2.0))
     wide = losses.separable_filter_valid(padded, _gaussian_taps_unnormalised(4.0))
-    c = jnp.abs(narrow / wide - 1.0)
+    c = jnp.where(wide != 0, jnp.abs(narrow / jnp.where(wide != 0, wide, 1.0) - 1.0), 0.0)
     return c ** 3 / (c * c + 1e-4)
 
 

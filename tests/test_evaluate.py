@@ -27,9 +27,9 @@ def _pairs_folder(root, names=("p1", "p2", "p3"), size=(72, 80)):
 def _fused_folder(root, data, fn=lambda ir, vis: (ir + vis) / 2):
     os.makedirs(root, exist_ok=True)
     for name in ("p1", "p2", "p3"):
-        ir, vis, _ = evaluate.load_pair(evaluate.pairs_lib.Pair(
+        pair = evaluate.load_pair(evaluate.pairs_lib.Pair(
             name, os.path.join(data, "ir", f"{name}.png"), os.path.join(data, "vis", f"{name}.png")))
-        Image.fromarray(np.rint(fn(ir, vis) * 255).astype(np.uint8)).save(os.path.join(root, f"{name}.png"))
+        Image.fromarray(np.rint(fn(pair.ir, pair.vis) * 255).astype(np.uint8)).save(os.path.join(root, f"{name}.png"))
     return str(root)
 
 

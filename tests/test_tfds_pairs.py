@@ -88,8 +88,11 @@ def _error(root, cache, **kwargs):
 def test_bad_folders_give_one_line_naming_the_problem(tmp_path, cache):
     assert "no such folder" in _error(str(tmp_path / "nowhere"), cache)
     root = _folder(tmp_path / "no_vis")
-    os.rename(os.path.join(root, "vis"), os.path.join(root, "visible"))
-    assert "no 'vis/' folder" in _error(root, cache)
+    os.rename(os.path.join(root, "vis"), os.path.join(root, "viz"))
+    assert "no visible folder" in _error(root, cache)
+    os.makedirs(os.path.join(root, "VI"))
+    os.makedirs(os.path.join(root, "visible"))
+    assert "two visible folders (VI, visible)" in _error(root, cache)
     empty = tmp_path / "empty"
     os.makedirs(empty / "ir")
     os.makedirs(empty / "vis")

@@ -7,6 +7,7 @@ a pair are scored in one batched call.
 """
 import collections
 import csv
+import json
 import os
 
 import jax
@@ -77,12 +78,15 @@ def test_vifb_profile_reproduces_every_stored_vifb_value():
     assert not misses, misses[:10]
 
 
-def test_cddfuse_profile_reproduces_every_value_of_cddfuses_evaluator():
+@pytest.mark.parametrize("subset, pairs", [("tno", 25), ("roadscene", 50)])
+def test_cddfuse_profile_reproduces_every_value_of_cddfuses_evaluator(subset, pairs):
     root = os.path.join(DATA, "cddfuse-test")
     _need(root)
     table = _references(os.path.join(root, "reference_metrics.csv"), ("set", "pair"))
     checked, misses = 0, []
-    for (subset, pair), by_method in sorted(table.items()):
+    for (where, pair), by_method in sorted(table.items()):
+        if where != subset:
+            continue
         folder = os.path.join(root, subset)
         methods = sorted(by_method)
         fused = [_read(os.path.join(folder, "fused", m, pair), "cddfuse") for m in methods]
@@ -93,7 +97,7 @@ def test_cddfuse_profile_reproduces_every_value_of_cddfuses_evaluator():
                 checked += 1
                 if abs(got[name][i] - want) > CDDFUSE_RTOL[name] * abs(want):
                     misses.append((subset, method, pair, name, float(got[name][i]), want))
-    assert checked == 75 * 3 * 12
+    assert checked == pairs * 3 * 12
     assert not misses, misses[:10]
 
 
@@ -108,3 +112,20 @@ def test_toolbox_profiles_refuse_float32_only_calls():
     x = np.full((80, 80), 0.5, np.float32)
     with pytest.raises(ValueError, match="float64"):
         profiles.compute(x, x, x, "vifb")
+
+
+def test_evaluate_cli_on_cddfuses_own_layout_gives_its_evaluators_means(tmp_path):
+    """scripts/evaluate.py on CDDFuse's ir/ + vi/ folder, a `dir:` method: its results.json
+    means equal the means of CDDFuse's own values for those pairs."""
+    from ifes_jax.cli import evaluate as cli
+    root = os.path.join(DATA, "cddfuse-test", "tno")
+    _need(root)
+    fused = os.path.join(root, "fused", "ifesnet_jax")
+    cli.main(["--data", root, "--methods", f"dir:{fused}", "--profile", "cddfuse",
+              "--pairs", "01..03", "--out", str(tmp_path), "--figure-pairs", "0"])
+    with open(tmp_path / "results.json") as f:
+        means = json.load(f)["ifesnet_jax"]
+    table = _references(os.path.join(DATA, "cddfuse-test", "reference_metrics.csv"), ("set", "pair"))
+    for name in profiles.names("cddfuse"):
+        want = np.mean([table[("tno", p)]["ifesnet_jax"][name] for p in ("01", "02", "03")])
+        assert abs(means[name] - want) <= CDDFUSE_RTOL[name] * abs(want), name
