@@ -150,7 +150,7 @@ def _in_precision(profile: Profile, dtype: str, names=None) -> Profile:
 
 # MATLAB computes in double. CDDFuse's numpy code computes in the images' float32, except where
 # a float64 operand promotes it: VIF's window (scipy's convolve2d), MI (scikit-learn) and SSIM
-# (scipy.ndimage filters in double; see docs/metrics.md for its bound).
+# (scipy.ndimage filters in double; its bound is in tests/test_toolbox_profiles.py).
 VIFB = _in_precision(VIFB, "float64")
 CDDFUSE = _in_precision(_in_precision(CDDFUSE, "float32"), "float64", {"MI", "VIF", "SSIM"})
 

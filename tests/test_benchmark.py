@@ -23,7 +23,8 @@ def test_every_benchmark_case_runs_once(tmp_path):
     assert kinds.count("loss (value + grad)") == 2 and kinds.count("input pipeline") == 2
     from ifes_jax.cpu import native
     conv_paths = 3 if native.unavailable() is None else 2  # YNNPACK, XLA, oneDNN
-    assert kinds.count("metrics per pair") == 1
+    profiles_timed = [r["case"].split(", ")[-1] for r in rows if r["kind"] == "metrics per pair"]
+    assert profiles_timed == ["default profile", "vifb profile", "cddfuse profile"]
     assert kinds.count("convolutions") == 2 * 3 * conv_paths
     assert all(r["seconds"] > 0 and np.isfinite(r["seconds"]) for r in rows)
     assert plot.exists() and "| case |" in result.stdout
