@@ -85,10 +85,6 @@ def select_pairs(found, spec: str | None):
     return [by_name[n] for n in dict.fromkeys(wanted)]
 
 
-def gray01(pixels, bit_depth):
-    return luma(to_float01(pixels, bit_depth))
-
-
 @dataclasses.dataclass
 class LoadedPair:
     ir: np.ndarray  # the methods' inputs: gray infrared, visible Y, float (H, W) in [0, 1]
@@ -221,9 +217,9 @@ def _score_pair(runner, methods, pair, profile, quantize, max_pixels):
             fused, weights = runner.fuse(m, pair.name, loaded.ir, loaded.vis, profile)
             _check_finite(fused, f"method {m.label}, pair {pair.name}")
             if m.kind != "dir":
-                if quantize:
-                    fused = np.rint(np.clip(fused, 0, 1) * 255) / 255
                 fused = scored_fusion(fused, loaded, profile)
+                if quantize:  # as fuse.py would save it (after any recolouring)
+                    fused = np.rint(np.clip(fused, 0, 1) * 255) / 255
             row[m.label] = profiles.score(fused, loaded.scored_ir, loaded.scored_vis, profile)
             images[m.label] = (fused, weights)
         return pair, (loaded.ir, loaded.vis, loaded.vis_mode, row, images), None

@@ -141,6 +141,7 @@ CDDFUSE = Profile({
     colour_note="every image is reduced to gray as CDDFuse's test script reads it: OpenCV's "
                 "BGR2GRAY in float32 (0.299 R + 0.587 G + 0.114 B), rounded to integers")
 
+
 def _in_precision(profile: Profile, dtype: str, names=None) -> Profile:
     """`profile` with the metrics `names` (all by default) computed in `dtype`."""
     return dataclasses.replace(profile, metrics={

@@ -66,21 +66,30 @@ def _vifb_tolerance(value):
     return 0.5 * 10.0 ** (np.floor(np.log10(abs(value))) - 4) * 1.05
 
 
+def _check_pair(folder, vis_name, pair, by_method, profile, tolerance):
+    """(values checked, misses) of every method's stored values on one pair."""
+    methods = sorted(by_method)
+    fused = [_read(os.path.join(folder, "fused", m, pair), profile) for m in methods]
+    got = _score_methods(fused, _read(os.path.join(folder, "ir", pair), profile),
+                         _read(os.path.join(folder, vis_name, pair), profile), profile)
+    checked, misses = 0, []
+    for i, method in enumerate(methods):
+        for name, want in by_method[method].items():
+            checked += 1
+            if abs(got[name][i] - want) > tolerance(name, want):
+                misses.append((method, pair, name, float(got[name][i]), want))
+    return checked, misses
+
+
 def test_vifb_profile_reproduces_every_stored_vifb_value():
     root = os.path.join(DATA, "vifb")
     _need(root)
     table = _references(os.path.join(root, "vifb_metrics.csv"), ("pair",), VIFB_NAMES.get)
     checked, misses = 0, []
     for (pair,), by_method in sorted(table.items()):
-        methods = sorted(by_method)
-        fused = [_read(os.path.join(root, "fused", m, pair), "vifb") for m in methods]
-        got = _score_methods(fused, _read(os.path.join(root, "ir", pair), "vifb"),
-                             _read(os.path.join(root, "vis", pair), "vifb"), "vifb")
-        for i, method in enumerate(methods):
-            for name, want in by_method[method].items():
-                checked += 1
-                if abs(got[name][i] - want) > _vifb_tolerance(want):
-                    misses.append((method, pair, name, float(got[name][i]), want))
+        n, bad = _check_pair(root, "vis", pair, by_method, "vifb",
+                             lambda name, want: _vifb_tolerance(want))
+        checked, misses = checked + n, misses + bad
     assert checked == 12 * 21 * 13
     assert not misses, misses[:10]
 
@@ -92,18 +101,10 @@ def test_cddfuse_profile_reproduces_every_value_of_cddfuses_evaluator(subset, pa
     table = _references(os.path.join(root, "reference_metrics.csv"), ("set", "pair"))
     checked, misses = 0, []
     for (where, pair), by_method in sorted(table.items()):
-        if where != subset:
-            continue
-        folder = os.path.join(root, subset)
-        methods = sorted(by_method)
-        fused = [_read(os.path.join(folder, "fused", m, pair), "cddfuse") for m in methods]
-        got = _score_methods(fused, _read(os.path.join(folder, "ir", pair), "cddfuse"),
-                             _read(os.path.join(folder, "vi", pair), "cddfuse"), "cddfuse")
-        for i, method in enumerate(methods):
-            for name, want in by_method[method].items():
-                checked += 1
-                if abs(got[name][i] - want) > CDDFUSE_RTOL[name] * abs(want):
-                    misses.append((subset, method, pair, name, float(got[name][i]), want))
+        if where == subset:
+            n, bad = _check_pair(os.path.join(root, subset), "vi", pair, by_method, "cddfuse",
+                                 lambda name, want: CDDFUSE_RTOL[name] * abs(want))
+            checked, misses = checked + n, misses + bad
     assert checked == pairs * 3 * 12
     assert not misses, misses[:10]
 
