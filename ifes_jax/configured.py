@@ -3,6 +3,7 @@
 meets a backend."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from ifes_jax import cpu, model
@@ -24,3 +25,13 @@ def from_config(model_config, half_precision: bool = False) -> model.IFESNet:
         remat=model_config.get("remat", False),
         conv=cpu.conv_for(model_config.get("conv_backend", "auto")),
     )
+
+
+def init_params(net: model.IFESNet, rng, image_size: int = 16):
+    """Fresh parameters of `net` from `rng` (the network is traced on two image_size² images).
+    Compiled without XLA's optimisation passes: the program runs once, and optimising its
+    unrolled random-number code costs seconds (the values are the same to float rounding)."""
+    dummy = jnp.zeros((1, image_size, image_size, 1), jnp.float32)
+    init = jax.jit(lambda key: net.init(key, dummy, dummy)["params"],
+                   compiler_options={"xla_backend_optimization_level": 0})
+    return init(rng)

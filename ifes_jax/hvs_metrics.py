@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ifes_jax import losses
-from ifes_jax.metrics import _SOBEL_X, _SOBEL_Y, _filter_same, stretch_levels
+from ifes_jax.metrics import sobel, stretch_levels
 
 
 def _radial_frequency(shape, cycles_per_unit):
@@ -103,7 +103,8 @@ def qcv(fused, ir, vis):
     response = _mannos_sakrison(_radial_frequency(f.shape, 8.0))
 
     def saliency(x):
-        g = jnp.sqrt(_filter_same(x, _SOBEL_X) ** 2 + _filter_same(x, _SOBEL_Y) ** 2)
+        gx, gy = sobel(x)
+        g = jnp.sqrt(gx * gx + gy * gy)
         return _block_sums(g ** QCV_ALPHA)
 
     def distortion(x):

@@ -240,25 +240,23 @@ def correlation_coefficient(fused, ir, vis):
 # --------------------------------------------------------------------------- filters
 
 
-def _filter_valid(x, taps_2d):
-    """2-D correlation with 'valid' output (MATLAB filter2(w, x, 'valid'))."""
-    k = jnp.asarray(taps_2d, x.dtype)
-    return jax.lax.conv_general_dilated(
-        x[None, :, :, None], k[:, :, None, None], (1, 1), "VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST)[0, :, :, 0]
-
-
-def _filter_same(x, taps_2d, mode: str = "constant"):
-    """2-D correlation, zero (`mode` "constant") or "edge" padding, output the size of x."""
-    k = np.asarray(taps_2d)
-    ph, pw = k.shape[0] // 2, k.shape[1] // 2
-    return _filter_valid(jnp.pad(x, ((ph, ph), (pw, pw)), mode=mode), k)
+def sobel(x, padding: str = "constant"):
+    """The 3 x 3 Sobel responses (gx, gy) of an (H, W) image, output the size of x: the
+    correlations with [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]] and its transpose, zero
+    ("constant") or replicate ("edge") padding, as 1-2-1 smoothing of central differences."""
+    p = jnp.pad(x, 1, mode=padding)
+    smooth = lambda d, axis: (jax.lax.slice_in_dim(d, 0, -2, axis=axis)
+                              + 2 * jax.lax.slice_in_dim(d, 1, -1, axis=axis)
+                              + jax.lax.slice_in_dim(d, 2, None, axis=axis))
+    gx = smooth(p[:, 2:] - p[:, :-2], 0)
+    gy = smooth(p[2:] - p[:-2], 1)
+    return gx, gy
 
 
 def _separable_valid(images, taps):
     """Each image of a list filtered by the window outer(taps, taps), 'valid' output."""
-    out = losses.separable_filter_valid(jnp.stack(images, axis=-1), taps, axes=(0, 1))
-    return [out[..., i] for i in range(len(images))]
+    out = losses.separable_filter_valid(jnp.stack(images), taps, axes=(1, 2))
+    return list(out)
 
 
 def ssim_map(a, b, *, window: str = "gaussian", window_size: int = 11, sigma: float = 1.5,
@@ -305,18 +303,14 @@ def decomposition_score(fused, ir, vis):
 
 # --------------------------------------------------------------------------- Qabf
 
-_SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float32)
-_SOBEL_Y = np.array([[-1, -2, -1], [0, 0, 0], [1, 2, 1]], np.float32)
-
-
 def _edges(x, *, convolve: bool = False, zero_tolerance: float = 1e-3):
     """Sobel strength and orientation atan(gy/gx) (π/2 where gx = 0) of a 0–255 image.
     `convolve`: true convolution as MATLAB's conv2 and scipy's convolve2d do (it flips the sign
     of gx, which matters where gx = 0). |gx| below `zero_tolerance` counts as zero, so that the
     float noise of a zero gradient does not flip a vertical edge between +π/2 and −π/2 (0 for
     exact 8-bit arithmetic, as the reference codes use)."""
-    gx = _filter_same(x, -_SOBEL_X if convolve else _SOBEL_X)
-    gy = _filter_same(x, _SOBEL_Y)
+    gx, gy = sobel(x)
+    gx = -gx if convolve else gx
     gx = jnp.where(jnp.abs(gx) <= zero_tolerance, 0.0, gx)
     strength = jnp.sqrt(gx * gx + gy * gy)
     angle = jnp.where(gx == 0, jnp.pi / 2, jnp.arctan(gy / jnp.where(gx == 0, 1.0, gx)))
@@ -369,7 +363,7 @@ def edge_intensity(fused):
     """EI (VIFB's `metricsEdge_intensity`) = mean over all pixels of the Sobel gradient
     magnitude sqrt(gx² + gy²), replicate padding, on 0–255. 0 for a constant image."""
     f = _to255(fused)
-    gx, gy = _filter_same(f, _SOBEL_X, mode="edge"), _filter_same(f, _SOBEL_Y, mode="edge")
+    gx, gy = sobel(f, padding="edge")
     return jnp.mean(jnp.sqrt(gx * gx + gy * gy))
 
 

@@ -66,8 +66,7 @@ def make_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
 def create_train_state(config, rng, image_size: int = 64) -> train_state.TrainState:
     """A fresh TrainState: parameters from `rng`, the optimizer from `config.optim`."""
     net = configured.from_config(config.model, half_precision=config.get("half_precision", False))
-    dummy = jnp.zeros((1, image_size, image_size, 1), jnp.float32)
-    params = jax.jit(net.init)(rng, dummy, dummy)["params"]
+    params = configured.init_params(net, rng, image_size)
     tx = make_optimizer(config.optim, config.train.steps)
     return train_state.TrainState.create(apply_fn=net.apply, params=params, tx=tx)
 

@@ -9,8 +9,9 @@ Prints a Markdown table and writes JSON: per case the median of several timed re
 compilation, the compile time, throughput, achieved FLOP/s and its fraction of the reference
 rate (on CPU a large float32 matmul timed in the same run; on a GPU the card's dense peak),
 and peak memory (host RSS; device memory where the backend reports it). Each train-step case
-runs in its own process (so its peak RSS is its own) and runs as training runs it (the
-compiler options of ifes_jax/cpu/xla_flags.py, host memory kept by ifes_jax/cpu/host_memory.py).
+runs in its own process (so its peak RSS is its own; with --tiny all in one) and runs as
+training runs it (the compiler options of ifes_jax/cpu/xla_flags.py, host memory kept by
+ifes_jax/cpu/host_memory.py).
 On a CPU, `convs` times every convolution of the network alone (forward, input and weight gradient) on XLA's two convolution paths and on
 oneDNN's (`model.conv_backend`; the train and inference cases use `--conv-backend`). `--tiny`
 runs every case once at toy sizes (the test suite does, so the script cannot rot); `--render
@@ -112,8 +113,7 @@ def inference_pair(height, width):
 def case_inference(name, config, height, width, repeats, rates, tile=None, half=False):
     from ifes_jax import fuse
     net = configured.from_config(config.model, half)
-    x = jnp.zeros((1, 16, 16, 1))
-    params = jax.jit(net.init)(jax.random.key(0), x, x)["params"]
+    params = configured.init_params(net, jax.random.key(0))
     fuser = fuse.Fuser(config, params, net, tile=tile or max(height, width, fuse.MIN_TILE))
     ir, vis = inference_pair(height, width)
     compile_s, seconds = timed(lambda: fuser(ir, vis)["fused"], repeats)
@@ -254,13 +254,14 @@ def train_cases(tiny, gpu):
     return cases
 
 
-def train_in_own_process(name, tiny, repeats, rates, conv_backend):
-    """One train-step case in a fresh process, so that its peak RSS is its own."""
+def train_in_child_process(names, tiny, repeats, rates, conv_backend):
+    """Train-step cases in a fresh process, so that a case's peak RSS is its own (one case per
+    process; with --tiny, where no figure means anything, all of them in one)."""
     import subprocess
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "row.json")
-        cmd = [sys.executable, os.path.abspath(__file__), "--train-case", name, "--out", out,
+        out = os.path.join(tmp, "rows.json")
+        cmd = [sys.executable, os.path.abspath(__file__), "--train-case", ",".join(names), "--out", out,
                "--repeats", str(repeats), "--rates", json.dumps(rates),
                "--conv-backend", conv_backend] + (["--tiny"] if tiny else [])
         subprocess.run(cmd, check=True)
@@ -305,8 +306,9 @@ def run(cases, tiny, repeats, plot, on_row=lambda rows: None, conv_backend="auto
     q, d = quickstart.get_config(), default.get_config()
     q.model.conv_backend = d.model.conv_backend = conv_backend
     if "train" in cases:
-        for name in train_cases(tiny, gpu):
-            rows.append(train_in_own_process(name, tiny, repeats, rates, conv_backend))
+        names = list(train_cases(tiny, gpu))
+        for group in ([names] if tiny else [[name] for name in names]):
+            rows.extend(train_in_child_process(group, tiny, repeats, rates, conv_backend))
     if "inference" in cases:
         sizes = [(480, 640), (1024, 1280), (2160, 3840)]
         scaling = []
@@ -403,17 +405,18 @@ def main(argv=None):
     p.add_argument("--conv-backend", default="auto", choices=cpu.CONV_BACKENDS,
                    help="model.conv_backend of the train and inference cases (default: auto)")
     p.add_argument("--render", metavar="JSON", help="print the table of a JSON written before")
-    p.add_argument("--train-case", help=argparse.SUPPRESS)  # one train case, in a child process
+    p.add_argument("--train-case", help=argparse.SUPPRESS)  # train cases, in a child process
     p.add_argument("--rates", help=argparse.SUPPRESS)       # the parent's reference rates
     args = p.parse_args(argv)
     if args.tiny:
         global MIN_SECONDS
         MIN_SECONDS = 0.0
-    if args.train_case:
-        row = one_train_case(args.train_case, args.tiny, 1 if args.tiny else args.repeats,
-                             json.loads(args.rates), args.conv_backend)
+    if args.train_case:  # in a child process: these cases, one after the other
+        rows = [one_train_case(name, args.tiny, 1 if args.tiny else args.repeats,
+                               json.loads(args.rates), args.conv_backend)
+                for name in args.train_case.split(",")]
         with open(args.out, "w") as f:
-            json.dump(row, f)
+            json.dump(rows, f)
         return
     if args.render:
         with open(args.render) as f:

@@ -119,27 +119,43 @@ def _read(path):
         return [json.loads(line) for line in f]
 
 
-def test_train_and_evaluate_writes_its_outputs_and_resumes_exactly(tmp_path):
-    straight = train.train_and_evaluate(tiny_config(steps=9), str(tmp_path / "straight"))
+def _run_config(**overrides):
+    """The tiny config of the runs below: 6 steps, checkpoints and samples every 3."""
+    return tiny_config(**{"steps": 6, "checkpoint_every": 3, "sample_every": 3, **overrides})
 
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The final parameters of `_run_config()` run straight through."""
+    return train.train_and_evaluate(_run_config(), str(tmp_path_factory.mktemp("straight"))).params
+
+
+def _assert_same_params(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+def test_train_and_evaluate_writes_its_outputs_and_resumes_exactly(tmp_path, uninterrupted):
     workdir = str(tmp_path / "resumed")
-    train.train_and_evaluate(tiny_config(steps=6), workdir)
+    train.train_and_evaluate(_run_config(steps=3), workdir)
     for name in ("config.json", "metrics.jsonl", "loss_curve.png", "samples/pair0_fused.png",
                  "samples/pair0_weight_ir.png", "samples/pair0_weight_vis.png",
-                 "samples/grid_step000006.png"):
+                 "samples/grid_step000003.png"):
         assert os.path.exists(os.path.join(workdir, name)), name
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
-    assert [r["step"] for r in _read(os.path.join(workdir, "metrics.jsonl"))] == [2, 4, 6]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3"]
+    assert [r["step"] for r in _read(os.path.join(workdir, "metrics.jsonl"))] == [2, 3]
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 4, "loss": 0.')  # a kill mid-write: the cut line is dropped on resume
 
-    resumed = train.train_and_evaluate(tiny_config(steps=9), workdir)
-    assert int(resumed.step) == 9
+    resumed = train.train_and_evaluate(_run_config(), workdir)
+    assert int(resumed.step) == 6
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
     rows = _read(os.path.join(workdir, "metrics.jsonl"))
-    assert [r["step"] for r in rows] == [2, 4, 6, 8, 9]
+    assert [r["step"] for r in rows] == [2, 3, 4, 6]
     for key in ("loss", "loss_ir", "loss_vis", "loss_fusion", "loss_map", "grad_norm",
                 "learning_rate", "steps_per_sec", "images_per_sec"):
         assert np.isfinite(rows[-1][key])
-    for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    _assert_same_params(uninterrupted, resumed.params)
 
 
 def test_half_precision_runs_bfloat16_with_float32_state_and_agrees_with_float32():
@@ -178,12 +194,12 @@ def _complete_checkpoints(workdir):
 
 
 @pytest.mark.parametrize("fault", ["ctrl_c", "sample_write_fails"])
-def test_the_loop_tears_down_however_it_ends(tmp_path, monkeypatch, fault):
+def test_the_loop_tears_down_however_it_ends(tmp_path, monkeypatch, fault, uninterrupted):
     """A fault right after the step-3 checkpoint was started: that checkpoint completes, the
     files and the data thread are closed, and a rerun resumes to the uninterrupted result."""
     import threading
     threads = set(threading.enumerate())
-    config = tiny_config(steps=6, checkpoint_every=3, sample_every=3)
+    config = _run_config()
     if fault == "ctrl_c":
         real_log = train.log
         def log(run, step, metrics):
@@ -208,19 +224,7 @@ def test_the_loop_tears_down_however_it_ends(tmp_path, monkeypatch, fault):
     lingering = [t for t in new_threads if t.is_alive()]  # would block the interpreter's exit
     assert not lingering, lingering
     monkeypatch.undo()
-    resumed = train.train_and_evaluate(config, workdir)
-    straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
-    for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-
-
-def test_a_truncated_last_metrics_line_is_dropped_on_resume(tmp_path):
-    workdir = str(tmp_path / "run")
-    train.train_and_evaluate(tiny_config(steps=3), workdir)
-    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-        f.write('{"step": 4, "loss": 0.')  # a kill mid-write
-    train.train_and_evaluate(tiny_config(steps=6), workdir)
-    assert [r["step"] for r in _read(os.path.join(workdir, "metrics.jsonl"))] == [2, 3, 4, 6]
+    _assert_same_params(uninterrupted, train.train_and_evaluate(config, workdir).params)
 
 
 def test_validation_runs_at_every_checkpoint_and_ranks_the_best(tmp_path):

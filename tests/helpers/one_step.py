@@ -1,6 +1,6 @@
 """Run in a subprocess with N fake CPU devices: one step of each data-parallel wrapper on a
-global batch, against the single-device step on the same batch. Prints the max differences of
-the parameters, the loss and (relative) the gradient norm."""
+global batch of two images per device, against the single-device step on the same batch.
+Prints the max differences of the parameters, the loss and (relative) the gradient norm."""
 import json
 import sys
 
@@ -13,7 +13,7 @@ from tests.helpers.tiny_config import tiny_config
 
 config = tiny_config()
 config.optim.learning_rate = 1e-3
-ir, vis = synthetic.synthetic_pairs(0, 4, 32, 32)
+ir, vis = synthetic.synthetic_pairs(0, 2 * jax.device_count(), 32, 32)
 batch = {"ir": ir[..., None], "vis": vis[..., None]}
 fresh = lambda: train.create_train_state(config, jax.random.key(0), 32)
 reference, ref_metrics = train.make_train_step(config)(fresh(), batch)  # same compiler options
