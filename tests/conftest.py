@@ -24,11 +24,3 @@ def pytest_configure(config):
         shutil.rmtree(CACHE, ignore_errors=True)
     (CACHE / "cli").mkdir(parents=True, exist_ok=True)
 
-
-# the longest tests are handed out first, so that the workers of `pytest -n 2` end together
-LONGEST_FIRST = ("test_toolbox_profiles.py", "test_benchmark.py", "test_parallel.py",
-                 "test_ablations.py")
-
-
-def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)  # stable: order kept within
