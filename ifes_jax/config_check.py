@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 
-from ifes_jax import cpu, model, parallel
+from ifes_jax import cpu, metric_terms, model, parallel
 from ifes_jax.data import pairs, pipeline
 from ifes_jax.errors import ConfigError
 
@@ -74,6 +74,7 @@ def check(config) -> None:
                 raise ConfigError(f"{path} must be {what}; got {value!r}")
     _check_model(config.model)
     _check_data(config.data)
+    metric_terms.check(config.loss.get("metric_terms", {}), config.data.crop_size)
 
 
 def _check_model(model):

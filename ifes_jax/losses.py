@@ -213,20 +213,24 @@ def weight_map_loss(weights_BHW2, tau: float = 1.0):
     return jnp.mean(jnp.abs(tau - w[..., 0] - w[..., 1]), axis=tuple(range(1, w.ndim - 1)))
 
 
-def ifesnet_loss(outputs, ir_BHW1, vis_BHW1, loss_config):
-    """L = L_I + L_V + L_F + L_M (eq. 6) with per-term weights; returns (total, terms), both
-    averaged over the batch. `outputs` is the dict returned by `IFESNet`."""
+def ifesnet_loss(outputs, ir_BHW1, vis_BHW1, loss_config, extra_terms=None):
+    """L = L_I + L_V + L_F + L_M (eq. 6) with per-term weights, plus Σ weight · term of
+    `extra_terms`, {name: (weight, fn(fused, ir, vis) -> batch mean)} (the metric terms of
+    `metric_terms.make_terms`). Returns (total, terms): every term's unweighted batch mean by
+    name, and `loss`, the total. `outputs` is the dict returned by `IFESNet`."""
     cfg = loss_config
-    terms = {
-        "loss_ir": reconstruction_loss(ir_BHW1, outputs["recon_ir"], cfg.recon),
-        "loss_vis": reconstruction_loss(vis_BHW1, outputs["recon_vis"], cfg.recon),
-        "loss_fusion": 1.0 - decomposition_ssim(
-            outputs["fused"], ir_BHW1, vis_BHW1, mode=cfg.ssim_mode, window=cfg.window,
+    fused = outputs["fused"]
+    weighted = {
+        "loss_ir": (cfg.weight_ir, reconstruction_loss(ir_BHW1, outputs["recon_ir"], cfg.recon)),
+        "loss_vis": (cfg.weight_vis, reconstruction_loss(vis_BHW1, outputs["recon_vis"], cfg.recon)),
+        "loss_fusion": (cfg.weight_fusion, 1.0 - decomposition_ssim(
+            fused, ir_BHW1, vis_BHW1, mode=cfg.ssim_mode, window=cfg.window,
             window_size=cfg.window_size, sigma=cfg.window_sigma, xi=cfg.xi, c=cfg.ssim_c,
-            eps=cfg.eps),
-        "loss_map": weight_map_loss(outputs["weights"], cfg.tau),
+            eps=cfg.eps)),
+        "loss_map": (cfg.weight_map, weight_map_loss(outputs["weights"], cfg.tau)),
     }
-    terms = {k: jnp.mean(v) for k, v in terms.items()}
-    total = (cfg.weight_ir * terms["loss_ir"] + cfg.weight_vis * terms["loss_vis"]
-             + cfg.weight_fusion * terms["loss_fusion"] + cfg.weight_map * terms["loss_map"])
-    return total, dict(terms, loss=total)
+    weighted = {name: (weight, jnp.mean(value)) for name, (weight, value) in weighted.items()}
+    for name, (weight, fn) in (extra_terms or {}).items():
+        weighted[name] = (weight, fn(fused, ir_BHW1, vis_BHW1))
+    total = sum(weight * value for weight, value in weighted.values())
+    return total, dict({name: value for name, (_, value) in weighted.items()}, loss=total)

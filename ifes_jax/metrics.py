@@ -32,6 +32,13 @@ def _to255(x):
     return _float(x) * 255.0
 
 
+def _sqrt0(x):
+    """sqrt(x) for x ≥ 0 whose gradient at 0 is 0 (a norm's subgradient at its kink) rather
+    than ∞, so that flat regions and constant images keep finite gradients; same values."""
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+
+
 def _round_quotient(num, den):
     """round(num / den) with halves up, for num ≥ 0 and den > 0: exact for integer num and den
     (XLA may divide by a scalar through its reciprocal, so the quotient is checked against
@@ -137,7 +144,7 @@ def mutual_information_paper(fused, ir=None, vis=None):
 def standard_deviation(fused):
     """SD = sqrt(mean((F − μ)²)) on the 0–255 scale (population std). 0 for a constant image."""
     f = _to255(fused)
-    return jnp.sqrt(jnp.mean((f - jnp.mean(f)) ** 2))
+    return _sqrt0(jnp.mean((f - jnp.mean(f)) ** 2))
 
 
 def _forward_differences(f):
@@ -171,7 +178,7 @@ def average_gradient(fused, *, differences: str = "forward", divisor: str = "(M-
     dx, dy = _forward_differences(f) if differences == "forward" else _central_differences(f)
     m, n = f.shape
     count = (m - 1) * (n - 1) if divisor == "(M-1)(N-1)" else m * n
-    return jnp.sum(jnp.sqrt((dx * dx + dy * dy) / 2.0)) / count
+    return jnp.sum(_sqrt0((dx * dx + dy * dy) / 2.0)) / count
 
 
 def gray_level_difference(fused):
@@ -189,15 +196,15 @@ def spatial_frequency(fused, scale: float = 1.0, *, mean_over: str = "pixels"):
     f = _float(fused) * scale
     dx2, dy2 = (f[:, 1:] - f[:, :-1]) ** 2, (f[1:, :] - f[:-1, :]) ** 2
     if mean_over == "pixels":
-        return jnp.sqrt((jnp.sum(dx2) + jnp.sum(dy2)) / f.size)
-    return jnp.sqrt(jnp.mean(dx2) + jnp.mean(dy2))
+        return _sqrt0((jnp.sum(dx2) + jnp.sum(dy2)) / f.size)
+    return _sqrt0(jnp.mean(dx2) + jnp.mean(dy2))
 
 
 def _source_error(f, s, error):
     """Between two 0–255 images: "mse", or VIFB's "root_sse_per_pixel" sqrt(Σ(S − F)²) / (MN)."""
     if error == "mse":
         return jnp.mean((f - s) ** 2)
-    return jnp.sqrt(jnp.sum((f - s) ** 2)) / f.size
+    return _sqrt0(jnp.sum((f - s) ** 2)) / f.size
 
 
 def source_error(fused, ir, vis, *, error: str = "mse"):
@@ -219,7 +226,7 @@ def psnr(fused, ir, vis, *, peak: str = "255", error: str = "mse"):
 
 def _correlation(x, y):
     x, y = x - jnp.mean(x), y - jnp.mean(y)
-    den = jnp.sqrt(jnp.sum(x * x) * jnp.sum(y * y))
+    den = _sqrt0(jnp.sum(x * x) * jnp.sum(y * y))
     return jnp.where(den > 0, jnp.sum(x * y) / jnp.where(den > 0, den, 1.0), 0.0)
 
 
@@ -312,7 +319,7 @@ def _edges(x, *, convolve: bool = False, zero_tolerance: float = 1e-3):
     gx, gy = sobel(x)
     gx = -gx if convolve else gx
     gx = jnp.where(jnp.abs(gx) <= zero_tolerance, 0.0, gx)
-    strength = jnp.sqrt(gx * gx + gy * gy)
+    strength = _sqrt0(gx * gx + gy * gy)
     angle = jnp.where(gx == 0, jnp.pi / 2, jnp.arctan(gy / jnp.where(gx == 0, 1.0, gx)))
     return strength, angle
 
@@ -364,14 +371,14 @@ def edge_intensity(fused):
     magnitude sqrt(gx² + gy²), replicate padding, on 0–255. 0 for a constant image."""
     f = _to255(fused)
     gx, gy = sobel(f, padding="edge")
-    return jnp.mean(jnp.sqrt(gx * gx + gy * gy))
+    return jnp.mean(_sqrt0(gx * gx + gy * gy))
 
 
 # --------------------------------------------------------------------------- VIFF
 
 VIFF_SCALE_WEIGHTS = (1.0 / 2.15, 0.0, 0.15 / 2.15, 1.0 / 2.15)
 VIFF_NOISE = 0.005 * 255.0 ** 2
-VIFF_MIN_SIZE = 65  # the smallest side that leaves a valid window at all four scales
+VIFF_MIN_SIZE = 41  # the smallest side that leaves a valid window at all four scales
 
 
 def _viff_scale_terms(ref, dist, taps, noise=VIFF_NOISE):
@@ -417,24 +424,30 @@ def _viff_scales(*images):
         yield taps, images
 
 
+def viff_maps(fused, ir, vis):
+    """Per scale, finest first, the per-pixel (VID, VIND) of `viff`, each from the source with
+    the smaller gain at that pixel: VIFF_k = Σ(VID + 1e-7) / Σ(VIND + 1e-7). The maps shrink
+    with the scale ('valid' windows, subsampling by 2)."""
+    _check_viff_size(fused, "VIFF")
+    maps = []
+    for taps, (f, a, b) in _viff_scales(fused, ir, vis):
+        vid_a, vind_a, g_a = _viff_scale_terms(a, f, taps)
+        vid_b, vind_b, g_b = _viff_scale_terms(b, f, taps)
+        use_a = g_a < g_b
+        maps.append((jnp.where(use_a, vid_a, vid_b), jnp.where(use_a, vind_a, vind_b)))
+    return maps
+
+
 def viff(fused, ir, vis):
     """VIFF (Han, Cai, Cao, Xu 2013, the authors' public code): on 0–255, 4 scales with
     Gaussian windows of 17, 9, 5, 3 taps (σ = N/5; 'valid' filtering; from scale 2 on, the
     images are filtered and subsampled by 2 first), Gaussian-scale-mixture gains and distortion
     per source, visual noise 0.005·255²; per pixel the source with the smaller gain is used,
     VIFF_k = Σ(VID + 1e-7) / Σ(VIND + 1e-7), and VIFF = Σ_k p_k VIFF_k with
-    p = [1, 0, 0.15, 1]/2.15. VIFF(x, x, x) = 1. Needs images of at least 65 x 65 pixels
-    (the four scales' valid windows)."""
-    _check_viff_size(fused, "VIFF")
-    total = 0.0
-    for weight, (taps, (f, a, b)) in zip(VIFF_SCALE_WEIGHTS, _viff_scales(fused, ir, vis)):
-        vid_a, vind_a, g_a = _viff_scale_terms(a, f, taps)
-        vid_b, vind_b, g_b = _viff_scale_terms(b, f, taps)
-        use_a = g_a < g_b
-        vid = jnp.where(use_a, vid_a, vid_b)
-        vind = jnp.where(use_a, vind_a, vind_b)
-        total = total + weight * jnp.sum(vid + 1e-7) / jnp.sum(vind + 1e-7)
-    return total
+    p = [1, 0, 0.15, 1]/2.15 (`viff_maps`). VIFF(x, x, x) = 1. Needs images of at least
+    41 x 41 pixels (the four scales' valid windows)."""
+    return sum(weight * jnp.sum(vid + 1e-7) / jnp.sum(vind + 1e-7)
+               for weight, (vid, vind) in zip(VIFF_SCALE_WEIGHTS, viff_maps(fused, ir, vis)))
 
 
 VIFP_NOISE = 2.0
@@ -444,7 +457,7 @@ def vif_pixel(fused, ir, vis):
     """Pixel-domain VIF (Sheikh & Bovik 2006, `vifvec`'s pixel version) of F against each
     source, summed: VIF(ir, F) + VIF(vis, F) — what CDDFuse's Evaluator names `VIFF`. On 0–255,
     the four scales of `viff`, visual noise variance 2; VIF(S, F) = Σ_scales Σ VID /
-    Σ_scales Σ VIND, 1 where that is 0/0 (a flat source). Needs images of at least 65 x 65."""
+    Σ_scales Σ VIND, 1 where that is 0/0 (a flat source). Needs images of at least 41 x 41."""
     _check_viff_size(fused, "VIF")
     num = den = 0.0
     for taps, (f, a, b) in _viff_scales(fused, ir, vis):

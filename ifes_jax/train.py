@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from ifes_jax import checkpoint, config_check, configured, cpu, losses, parallel
+from ifes_jax import checkpoint, config_check, configured, cpu, losses, metric_terms, parallel
 from ifes_jax.data import pipeline, synthetic
 from ifes_jax.data.images import write_png
 from ifes_jax.errors import ConfigError
@@ -81,7 +81,7 @@ def train_step(state, batch, *, loss_config, learning_rate_fn=None, axis_name=No
     """
     def loss_fn(params):
         outputs = state.apply_fn({"params": params}, batch["ir"], batch["vis"])
-        return losses.ifesnet_loss(outputs, batch["ir"], batch["vis"], loss_config)
+        return objective(outputs, batch["ir"], batch["vis"], loss_config)
 
     grads, terms = jax.grad(loss_fn, has_aux=True)(state.params)
     if axis_name is not None:
@@ -95,6 +95,12 @@ def train_step(state, batch, *, loss_config, learning_rate_fn=None, axis_name=No
     if learning_rate_fn is not None:
         metrics["learning_rate"] = learning_rate_fn(state.step)
     return new_state.replace(step=state.step + 1), metrics
+
+
+def objective(outputs, ir, vis, loss_config):
+    """(total, terms): the loss of eq. 6 plus the config's metric terms (`loss.metric_terms`)."""
+    extra = metric_terms.make_terms(loss_config.get("metric_terms", {}))
+    return losses.ifesnet_loss(outputs, ir, vis, loss_config, extra)
 
 
 def per_device_step(config):
@@ -152,7 +158,9 @@ def read_metrics(path, complete_only=False):
 
 
 def plot_loss_curve(metrics_path, png_path):
-    """Loss terms against step (log scale) from metrics.jsonl."""
+    """Every logged loss term against step from metrics.jsonl (log scale while all are
+    positive; metric terms of negative weight can take the total below 0), and the metric terms
+    (`loss.metric_terms`, their unweighted values) in a panel of their own."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -160,15 +168,21 @@ def plot_loss_curve(metrics_path, png_path):
     rows = [r for r in read_metrics(metrics_path) if "loss" in r] if os.path.exists(metrics_path) else []
     if not rows:
         return
-    fig, ax = plt.subplots(figsize=(7, 4))
+    panels = [("loss", [k for k in rows[-1] if k.startswith("loss")], "log"),
+              ("metric term", [k for k in rows[-1] if k.startswith("metric_")], "linear")]
+    panels = [p for p in panels if p[1]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4), squeeze=False)
     steps = [r["step"] for r in rows]
-    for key in ("loss", "loss_ir", "loss_vis", "loss_fusion", "loss_map"):
-        ax.plot(steps, [r[key] for r in rows], label=key)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
+    for ax, (label, keys, scale) in zip(axes[0], panels):
+        values = {key: np.array([r.get(key, np.nan) for r in rows], float) for key in keys}
+        for key, ys in values.items():
+            ax.plot(steps, ys, label=key)
+        positive = all(np.all(ys[np.isfinite(ys)] > 0) for ys in values.values())
+        ax.set_yscale(scale if positive else "linear")
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.legend()
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = png_path + ".tmp.png"
     fig.savefig(tmp, dpi=100)
@@ -233,7 +247,7 @@ def evaluate_loss(fuse, params, ir_NHW, vis_NHW, loss_config):
     rows = []
     for ir, vis in zip(ir_NHW, vis_NHW):
         ir, vis = ir[None, ..., None], vis[None, ..., None]
-        _, terms = losses.ifesnet_loss(fuse(params, ir, vis), ir, vis, loss_config)
+        _, terms = objective(fuse(params, ir, vis), ir, vis, loss_config)
         rows.append(jax.device_get(terms))
     return {f"val_{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
@@ -381,7 +395,8 @@ def log(run: Run, step: int, metrics):
     cfg_train = run.config.train
     row = {k: float(v) for k, v in jax.device_get(run.runner.single_copy(metrics)).items()}
     if row["nonfinite"]:
-        terms = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k.startswith("loss") or k == "grad_norm")
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in row.items()
+                          if k.startswith(("loss", "metric_")) or k == "grad_norm")
         if cfg_train.nonfinite == "stop":
             raise NonFiniteLossError(
                 f"non-finite loss at step {step}: {terms}; the update was not applied and the "
