@@ -218,10 +218,11 @@ def source_error(fused, ir, vis, *, error: str = "mse"):
 def psnr(fused, ir, vis, *, peak: str = "255", error: str = "mse"):
     """PSNR = 10 log10(P² / e) in dB on 0–255, e = `source_error(error)`: the mean over the two
     sources. P: 255, or "max" = max F (CDDFuse). With VIFB's `error="root_sse_per_pixel"`
-    this is VIFB's PSNR. e is floored at 1e-10, so identical images give 148.1 dB."""
+    this is VIFB's PSNR. e and P² are floored at 1e-10, so identical images give 148.1 dB
+    and an all-black F with `peak="max"` a finite value."""
     e = source_error(fused, ir, vis, error=error)
     p = 255.0 if peak == "255" else jnp.max(_to255(fused))
-    return 10.0 * jnp.log10(p * p / jnp.maximum(e, 1e-10))
+    return 10.0 * jnp.log10(jnp.maximum(p * p, 1e-10) / jnp.maximum(e, 1e-10))
 
 
 def _correlation(x, y):
@@ -478,7 +479,7 @@ def soft_histogram(x):
     lo = jnp.clip(jnp.floor(v), 0, LEVELS - 2)
     frac = v - lo
     lo = lo.astype(jnp.int32)
-    return jnp.zeros(LEVELS).at[lo].add(1.0 - frac).at[lo + 1].add(frac)
+    return jnp.zeros(LEVELS, v.dtype).at[lo].add(1.0 - frac).at[lo + 1].add(frac)
 
 
 def soft_joint_histogram(a, b):
@@ -489,7 +490,7 @@ def soft_joint_histogram(a, b):
         return lo.astype(jnp.int32), v - lo
     la, fa = split(a)
     lb, fb = split(b)
-    h = jnp.zeros((LEVELS, LEVELS))
+    h = jnp.zeros((LEVELS, LEVELS), fa.dtype)
     for da, wa in ((0, 1.0 - fa), (1, fa)):
         for db, wb in ((0, 1.0 - fb), (1, fb)):
             h = h.at[la + da, lb + db].add(wa * wb)
