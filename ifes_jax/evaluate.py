@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from ifes_jax import baselines, profiles
+from ifes_jax import baselines, metric_maps, profiles
 from ifes_jax.data import pairs as pairs_lib
 from ifes_jax.data.images import (IMAGE_EXTENSIONS, MAX_PIXELS, luma, read_image, rgb_to_ycbcr,
                                   to_float01, ycbcr_to_rgb)
@@ -157,8 +157,9 @@ def _check_finite(array, what):
 
 def evaluate(data_dir, methods, out_dir, *, profile: str = "paper", quantize: bool = False,
              skip_bad: bool = False, pair_spec: str | None = None, figure_pairs: int = 3,
-             max_pixels: int = MAX_PIXELS, log=print):
-    """Score every method on every pair and write the outputs into `out_dir`.
+             max_pixels: int = MAX_PIXELS, maps: bool = False, log=print):
+    """Score every method on every pair and write the outputs into `out_dir` (with `maps`,
+    also each method's per-pixel metric maps, `metric_maps`, in out_dir/maps/PAIR/).
 
     Built-in methods are scored on their float fusion (on the 0–255 scale where a metric
     uses it) unless `quantize`, which scores the 8-bit image that would be saved. Returns the
@@ -176,7 +177,8 @@ def evaluate(data_dir, methods, out_dir, *, profile: str = "paper", quantize: bo
     start = time.perf_counter()
 
     def score(pair):
-        return _score_pair(runner, methods, pair, profile, quantize, max_pixels)
+        maps_dir = os.path.join(out_dir, "maps", pair.name) if maps else None
+        return _score_pair(runner, methods, pair, profile, quantize, max_pixels, maps_dir)
 
     for i, (pair, result, error) in enumerate(map(score, selected)):
         if error is not None:
@@ -208,8 +210,9 @@ def evaluate(data_dir, methods, out_dir, *, profile: str = "paper", quantize: bo
     return results
 
 
-def _score_pair(runner, methods, pair, profile, quantize, max_pixels):
-    """(pair, (ir, vis, vis_mode, row, images), None), or (pair, None, error)."""
+def _score_pair(runner, methods, pair, profile, quantize, max_pixels, maps_dir=None):
+    """(pair, (ir, vis, vis_mode, row, images), None), or (pair, None, error); with `maps_dir`,
+    each method's metric maps are written there."""
     try:
         loaded = load_pair(pair, profile, max_pixels)
         row, images = {}, {}
@@ -222,9 +225,19 @@ def _score_pair(runner, methods, pair, profile, quantize, max_pixels):
                     fused = np.rint(np.clip(fused, 0, 1) * 255) / 255
             row[m.label] = profiles.score(fused, loaded.scored_ir, loaded.scored_vis, profile)
             images[m.label] = (fused, weights)
+        if maps_dir is not None:  # once every method has scored
+            _write_maps(maps_dir, pair.name, images, loaded)
         return pair, (loaded.ir, loaded.vis, loaded.vis_mode, row, images), None
     except InputError as exc:
         return pair, None, exc
+
+
+def _write_maps(folder, pair_name, images, loaded):
+    for label, (fused, _) in images.items():
+        try:
+            metric_maps.write_maps(folder, label, fused, loaded.ir, loaded.vis)
+        except ValueError as exc:  # an image too small for a map's windows
+            raise DataError(f"pair {pair_name}: metric maps: {exc}") from None
 
 
 def _write_outputs(out_dir, results, names, figure_rows):

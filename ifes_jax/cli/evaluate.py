@@ -2,6 +2,7 @@
 
 python scripts/evaluate.py --data DIR --methods average,max,laplacian,target,ckpt:PATH,dir:PATH
     --profile paper|default|vifb|cddfuse --out DIR [--pairs 001..020] [--quantize] [--skip-bad]
+    [--maps]
 """
 import argparse
 import os
@@ -24,6 +25,9 @@ def parse_args(argv=None):
     p.add_argument("--skip-bad", action="store_true",
                    help="skip pairs that fail (listed; exit code 1) instead of stopping")
     p.add_argument("--figure-pairs", type=int, default=3, help="pairs shown in figure.png")
+    p.add_argument("--maps", action="store_true",
+                   help="also write each method's per-pixel metric maps (SSIM, Qabf, MEF-SSIM, "
+                        "VIFF per scale) as PNGs in OUT/maps/PAIR/")
     add_max_pixels(p)
     return p.parse_args(argv)
 
@@ -41,6 +45,7 @@ def main(argv=None):
                                     profile=args.profile, quantize=args.quantize,
                                     skip_bad=args.skip_bad, pair_spec=args.pairs,
                                     figure_pairs=args.figure_pairs, max_pixels=args.max_pixels,
+                                    maps=args.maps,
                                     log=lambda msg: print(msg, file=sys.stderr))
     except InputError as exc:
         fail(f"error: {exc}", hard_exit)
