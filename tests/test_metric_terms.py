@@ -19,7 +19,7 @@ from tests.helpers.tiny_config import tiny_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _outputs(rng, shape=(2, 48, 48, 1)):
+def _outputs(rng, shape=(2, 24, 24, 1)):
     images = [rng.uniform(size=shape).astype(np.float32) for _ in range(5)]
     weights = rng.uniform(size=shape[:3] + (2,)).astype(np.float32)
     return images, {"fused": images[2], "recon_ir": images[3], "recon_vis": images[4],
@@ -31,15 +31,15 @@ def test_the_objective_adds_each_weighted_metric_to_eq_6():
     (ir, vis, fused, _, _), outputs = _outputs(rng)
     config = quickstart.get_config().loss
     plain, plain_terms = train.objective(outputs, ir, vis, config)
-    config.metric_terms = ml_collections.ConfigDict({"viff": -0.1, "cddfuse:AG": 0.02})
+    config.metric_terms = ml_collections.ConfigDict({"scd": -0.1, "cddfuse:AG": 0.02})
     total, terms = train.objective(outputs, ir, vis, config)
     # independent values: each metric image by image, averaged over the batch
-    viff = np.mean([float(metrics.viff(fused[i, ..., 0], ir[i, ..., 0], vis[i, ..., 0])) for i in range(2)])
+    scd = np.mean([float(metrics.scd(fused[i, ..., 0], ir[i, ..., 0], vis[i, ..., 0])) for i in range(2)])
     ag = np.mean([float(metrics.average_gradient(fused[i, ..., 0], differences="central", divisor="MN"))
                   for i in range(2)])
-    np.testing.assert_allclose(float(terms["metric_viff"]), viff, rtol=1e-5)
+    np.testing.assert_allclose(float(terms["metric_scd"]), scd, rtol=1e-5)
     np.testing.assert_allclose(float(terms["metric_cddfuse_AG"]), ag, rtol=1e-5)
-    np.testing.assert_allclose(float(total), float(plain) - 0.1 * viff + 0.02 * ag, rtol=1e-5)
+    np.testing.assert_allclose(float(total), float(plain) - 0.1 * scd + 0.02 * ag, rtol=1e-5)
     assert {k: float(v) for k, v in terms.items() if k.startswith("loss_")} == pytest.approx(
         {k: float(v) for k, v in plain_terms.items() if k.startswith("loss_")})
 
