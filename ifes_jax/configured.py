@@ -30,8 +30,12 @@ def from_config(model_config, half_precision: bool = False) -> model.IFESNet:
 def init_params(net: model.IFESNet, rng, image_size: int = 16):
     """Fresh parameters of `net` from `rng` (the network is traced on two image_size² images).
     Compiled without XLA's optimisation passes: the program runs once, and optimising its
-    unrolled random-number code costs seconds (the values are the same to float rounding)."""
+    unrolled random-number code costs seconds (the values are the same to float rounding).
+    Under a transform (`jax.eval_shape`, `jit`, ...) it is traced as part of the caller."""
     dummy = jnp.zeros((1, image_size, image_size, 1), jnp.float32)
-    init = jax.jit(lambda key: net.init(key, dummy, dummy)["params"],
-                   compiler_options={"xla_backend_optimization_level": 0})
-    return init(rng)
+
+    def init(key):
+        return net.init(key, dummy, dummy)["params"]
+    if isinstance(rng, jax.core.Tracer):
+        return init(rng)
+    return jax.jit(init, compiler_options={"xla_backend_optimization_level": 0})(rng)

@@ -245,3 +245,11 @@ def test_validation_runs_at_every_checkpoint_and_ranks_the_best(tmp_path):
     assert os.path.exists(workdir / "samples" / "val" / "grid_step000004.png")
     best = min(val_rows, key=lambda r: r["val_loss"])["step"]
     assert sorted(int(d) for d in os.listdir(workdir / "checkpoints")) == sorted({best, 4})
+
+
+def test_a_train_state_template_comes_from_eval_shape_without_compiling():
+    """`create_train_state` under `jax.eval_shape` (a restore template): the unoptimised init
+    compile is skipped there, and the shapes are those of a real state."""
+    template = jax.eval_shape(lambda: train.create_train_state(tiny_config(), jax.random.key(0), 32))
+    real = train.create_train_state(tiny_config(), jax.random.key(0), 32)
+    assert jax.tree.map(lambda x: x.shape, template.params) == jax.tree.map(lambda x: x.shape, real.params)
