@@ -74,7 +74,8 @@ def check(config) -> None:
                 raise ConfigError(f"{path} must be {what}; got {value!r}")
     _check_model(config.model)
     _check_data(config.data)
-    metric_terms.check(config.loss.get("metric_terms", {}), config.data.crop_size)
+    val_size = config.data.val_size if config.data.get("val_dir") is not None else None
+    metric_terms.check(config.loss.get("metric_terms", {}), config.data.crop_size, val_size)
 
 
 def _check_model(model):

@@ -84,21 +84,26 @@ def column(name: str) -> str:
     return "metric_" + name.replace(":", "_")
 
 
-def check(metric_terms, crop_size: int) -> None:
+def check(metric_terms, crop_size: int, val_size: int | None = None) -> None:
     """Raise a one-line ConfigError for the first term that cannot join the loss: an unknown
     name, a metric without a gradient, a weight that is not a number, or a metric that needs
-    larger images than the training crops (`data.crop_size`)."""
+    larger images than the training crops (`data.crop_size`) or, when given, the validation
+    crops (`data.val_size`)."""
     for name, weight in dict(metric_terms).items():
         fn = metric_fn(name)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise ConfigError(f"loss.metric_terms: the weight of {name!r} must be a number; "
                               f"got {weight!r}")
-        crop = jax.ShapeDtypeStruct((crop_size, crop_size), jnp.float32)
-        try:
-            jax.eval_shape(fn, crop, crop, crop)
-        except ValueError as exc:
-            raise ConfigError(f"loss.metric_terms: {name!r} on the {crop_size}x{crop_size} "
-                              f"training crops (data.crop_size): {exc}") from None
+        sizes = [(crop_size, "training crops (data.crop_size)")]
+        if val_size is not None:
+            sizes.append((val_size, "validation crops (data.val_size)"))
+        for size, what in sizes:
+            crop = jax.ShapeDtypeStruct((size, size), jnp.float32)
+            try:
+                jax.eval_shape(fn, crop, crop, crop)
+            except ValueError as exc:
+                raise ConfigError(f"loss.metric_terms: {name!r} on the {size}x{size} {what}: "
+                                  f"{exc}") from None
 
 
 def make_terms(metric_terms) -> dict[str, tuple[float, Callable]]:

@@ -85,6 +85,15 @@ def test_a_term_that_cannot_work_is_refused_before_anything_runs(terms, message)
         config_check.check(config)
 
 
+def test_a_term_too_large_for_the_validation_crops_is_refused():
+    config = tiny_config()
+    config.data.update(crop_size=64, val_dir="/nowhere", val_size=32)
+    config.loss.metric_terms = ml_collections.ConfigDict({"viff": -0.1})
+    with pytest.raises(ConfigError, match=r"^loss.metric_terms: 'viff' on the 32x32 validation "
+                                          r"crops \(data.val_size\): VIFF needs"):
+        config_check.check(config)
+
+
 def test_the_train_cli_refuses_an_unknown_term_in_one_line(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--config",
                              os.path.join(ROOT, "configs", "quickstart.py"), "--workdir", str(tmp_path / "w"),
