@@ -50,7 +50,12 @@ def get_config():
     optim.grad_clip_norm = 0.0      # > 0: clip by global norm
 
     config.data = data = ml_collections.ConfigDict()
-    data.dir = placeholder(str)       # a pairs folder (ir/, vis/); unset: built-in synthetic pairs
+    data.dir = placeholder(str)       # a pairs folder (ir/ + vis/ or any release layout, see
+                                      # ifes_jax/data/layouts.py); unset: built-in synthetic pairs
+    data.dirs = placeholder(str)      # or several, mixed: 'PATH:WEIGHT,PATH:WEIGHT'
+    data.ir_subdir = placeholder(str)   # explicit infrared / visible subfolders of every folder
+    data.vis_subdir = placeholder(str)  # (default: found by name)
+    data.decode_workers = 4           # threads decoding images while a dataset is built
     data.train_list = placeholder(str)  # a file of pair names for the train split
     data.train_fraction = placeholder(float)  # or a seeded random fraction of the pairs
     data.split = "train"              # the split to train on

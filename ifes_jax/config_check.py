@@ -88,3 +88,13 @@ def _check_data(data):
         raise ConfigError(f"data.train_fraction must be in (0, 1]; got {data.train_fraction!r}")
     if data.get("train_fraction") is not None and data.get("train_list") is not None:
         raise ConfigError("data.train_list and data.train_fraction: give one, not both")
+    if data.get("dirs") is not None:
+        if data.get("dir") is not None:
+            raise ConfigError("data.dir and data.dirs: give one folder or a mixture, not both")
+        if data.get("train_list") is not None:
+            raise ConfigError("data.train_list names the pairs of one folder; with data.dirs, "
+                              "use folders split as released (train/, test/) or data.train_fraction")
+        pipeline.parse_mixture(data.dirs)
+    workers = data.get("decode_workers", 4)
+    if not (_is_int(workers) and workers > 0):
+        raise ConfigError(f"data.decode_workers must be a positive integer; got {workers!r}")

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from ifes_jax import baselines, metric_maps, profiles
-from ifes_jax.data import pairs as pairs_lib
+from ifes_jax.data import layouts, pairs as pairs_lib
 from ifes_jax.data.images import (IMAGE_EXTENSIONS, MAX_PIXELS, luma, read_image, rgb_to_ycbcr,
                                   to_float01, ycbcr_to_rgb)
 from ifes_jax.errors import ConfigError, DataError, InputError
@@ -157,9 +157,13 @@ def _check_finite(array, what):
 
 def evaluate(data_dir, methods, out_dir, *, profile: str = "paper", quantize: bool = False,
              skip_bad: bool = False, pair_spec: str | None = None, figure_pairs: int = 3,
-             max_pixels: int = MAX_PIXELS, maps: bool = False, log=print):
+             max_pixels: int = MAX_PIXELS, maps: bool = False, split: str | None = None,
+             ir_subdir: str | None = None, vis_subdir: str | None = None, log=print):
     """Score every method on every pair and write the outputs into `out_dir` (with `maps`,
     also each method's per-pixel metric maps, `metric_maps`, in out_dir/maps/PAIR/).
+
+    `data_dir` is a pairs folder in any layout `layouts` recognises (the one found is logged);
+    of a folder released in train/test splits, `split` is scored (default: test).
 
     Built-in methods are scored on their float fusion (on the 0–255 scale where a metric
     uses it) unless `quantize`, which scores the 8-bit image that would be saved. Returns the
@@ -168,7 +172,10 @@ def evaluate(data_dir, methods, out_dir, *, profile: str = "paper", quantize: bo
     if profile not in profiles.PROFILES:
         raise ConfigError(f"unknown profile {profile!r}: use {', '.join(profiles.PROFILES)}")
     quantize = quantize or profiles.PROFILES[profile].eight_bit
-    selected = select_pairs(pairs_lib.find_pairs(data_dir), pair_spec)
+    layout = layouts.find_layout(data_dir, ir_subdir, vis_subdir)
+    split = split or ("test" if layout.splits else None)
+    log(f"layout of {layout.describe()}" + (f"; scoring {split}" if layout.splits else ""))
+    selected = select_pairs(pairs_lib.pair_folders(*layout.folders_of(split)), pair_spec)
     _check_out_dir(out_dir, [data_dir] + [m.arg for m in methods if m.kind == "dir"])
     runner = Runner(methods, max_pixels)
     names = profiles.names(profile)
@@ -223,7 +230,10 @@ def _score_pair(runner, methods, pair, profile, quantize, max_pixels, maps_dir=N
                 fused = scored_fusion(fused, loaded, profile)
                 if quantize:  # as fuse.py would save it (after any recolouring)
                     fused = np.rint(np.clip(fused, 0, 1) * 255) / 255
-            row[m.label] = profiles.score(fused, loaded.scored_ir, loaded.scored_vis, profile)
+            try:
+                row[m.label] = profiles.score(fused, loaded.scored_ir, loaded.scored_vis, profile)
+            except ValueError as exc:  # an image too small for a metric's windows
+                raise DataError(f"pair {pair.name} ({pair.ir_path}): {exc}") from None
             images[m.label] = (fused, weights)
         if maps_dir is not None:  # once every method has scored
             _write_maps(maps_dir, pair.name, images, loaded)

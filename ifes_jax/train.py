@@ -218,15 +218,25 @@ def make_source(config, *, folder=None, split=None, train_list=None):
     builder = tfds_pairs.prepare(
         folder, os.path.expanduser(data.cache_dir),
         train_list=data.train_list if train_list is None else train_list,
-        train_fraction=data.train_fraction, mismatch=data.mismatch, split_seed=data.split_seed)
+        train_fraction=data.train_fraction, mismatch=data.mismatch, split_seed=data.split_seed,
+        ir_subdir=data.get("ir_subdir"), vis_subdir=data.get("vis_subdir"),
+        workers=data.get("decode_workers", 4))
     return pipeline.tfds_source(builder, data.split if split is None else split)
 
 
-def make_dataset(config, source, local_batch: int):
+def make_dataset(config, local_batch: int):
+    """The training batches: of `data.dir` (or the synthetic pairs), or of the `data.dirs`
+    mixture."""
     data = config.data
+    if data.get("dirs") is None:
+        sources, weights = make_source(config), None
+    else:
+        mixture = pipeline.parse_mixture(data.dirs)
+        sources = [make_source(config, folder=path) for path, _ in mixture]
+        weights = [weight for _, weight in mixture]
     return pipeline.training_dataset(
-        source, seed=config.seed, batch_size=local_batch, crop=data.crop_size, flips=data.flips,
-        rotations=data.rotations, small_images=data.small_images,
+        sources, weights=weights, seed=config.seed, batch_size=local_batch, crop=data.crop_size,
+        flips=data.flips, rotations=data.rotations, small_images=data.small_images,
         shard_index=jax.process_index(), shard_count=jax.process_count())
 
 
@@ -327,7 +337,7 @@ def setup(run: Run):
     sharded state, the checkpoint manager."""
     config, cfg_train = run.config, run.config.train
     local_batch = parallel.check_batch_size(cfg_train.batch_size, cfg_train.parallel)
-    dataset = make_dataset(config, make_source(config), local_batch)
+    dataset = make_dataset(config, local_batch)
     run.val = validation_pairs(config)
     run.samples = sample_pairs(config)
     run.runner = parallel.make_runner(cfg_train.parallel, per_device_step(config))

@@ -116,8 +116,8 @@ def _poisoned(monkeypatch, bad_step):
     """Make the batch of step `bad_step` (1-based) contain NaN."""
     original = train.make_dataset
 
-    def make_dataset(config, source, local_batch):
-        ds = original(config, source, local_batch)
+    def make_dataset(config, local_batch):
+        ds = original(config, local_batch)
         return ds.map_with_index(lambda i, b: {k: np.full_like(v, np.nan) for k, v in b.items()}
                                  if i == bad_step - 1 else b)
     monkeypatch.setattr(train, "make_dataset", make_dataset)

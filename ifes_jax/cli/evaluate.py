@@ -13,7 +13,12 @@ from ifes_jax.cli import add_max_pixels, fail
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="a pairs folder (ir/, vis/ with matching names)")
+    p.add_argument("--data", required=True,
+                   help="a pairs folder: ir/ + vis/ with matching names, or a release layout "
+                        "(MSRS, LLVIP, M3FD, RoadScene, CDDFuse; see ifes_jax/data/layouts.py)")
+    p.add_argument("--split", help="of a folder released as train/ + test/: which (default: test)")
+    p.add_argument("--ir-subdir", help="the infrared subfolder (default: found by name)")
+    p.add_argument("--vis-subdir", help="the visible subfolder (default: found by name)")
     p.add_argument("--methods", default="average,max,laplacian,target",
                    help="comma list: average, max, laplacian, target, ckpt:PATH, dir:PATH")
     p.add_argument("--profile", choices=["paper", "default", "vifb", "cddfuse"], default="paper",
@@ -45,7 +50,8 @@ def main(argv=None):
                                     profile=args.profile, quantize=args.quantize,
                                     skip_bad=args.skip_bad, pair_spec=args.pairs,
                                     figure_pairs=args.figure_pairs, max_pixels=args.max_pixels,
-                                    maps=args.maps,
+                                    maps=args.maps, split=args.split,
+                                    ir_subdir=args.ir_subdir, vis_subdir=args.vis_subdir,
                                     log=lambda msg: print(msg, file=sys.stderr))
     except InputError as exc:
         fail(f"error: {exc}", hard_exit)

@@ -2,7 +2,9 @@
 
 One pair:      python scripts/fuse.py --checkpoint RUN --ir A.png --vis B.png --out F.png
 Two folders:   python scripts/fuse.py --checkpoint RUN --ir-dir IR/ --vis-dir VIS/ --out-dir OUT/
-(pairs matched by file name; outputs are PNGs named after the pair)
+A dataset:     python scripts/fuse.py --checkpoint RUN --data MSRS/ [--split test] --out-dir OUT/
+(pairs matched by file name; outputs are PNGs named after the pair; --data takes any layout
+of ifes_jax/data/layouts.py)
 """
 import argparse
 import os
@@ -22,6 +24,10 @@ def parse_args(argv=None):
     p.add_argument("--out", help="fused PNG (one pair)")
     p.add_argument("--ir-dir", help="folder of infrared images (folder mode)")
     p.add_argument("--vis-dir", help="folder of visible images, same names (folder mode)")
+    p.add_argument("--data", help="a pairs folder in any release layout (folder mode)")
+    p.add_argument("--split", help="with --data released as train/ + test/: which (default: test)")
+    p.add_argument("--ir-subdir", help="with --data: the infrared subfolder (default: found by name)")
+    p.add_argument("--vis-subdir", help="with --data: the visible subfolder (default: found by name)")
     p.add_argument("--out-dir", help="folder for the fused PNGs (folder mode)")
     p.add_argument("--save-weights", action="store_true", help="also write the two weight maps")
     p.add_argument("--smooth-weights", action="store_true",
@@ -36,9 +42,14 @@ def parse_args(argv=None):
     add_max_pixels(p)
     args = p.parse_args(argv)
     single = [args.ir, args.vis, args.out]
-    folder = [args.ir_dir, args.vis_dir, args.out_dir]
-    if any(single) == any(folder) or not (all(single) or all(folder)):
-        p.error("give either --ir, --vis and --out, or --ir-dir, --vis-dir and --out-dir")
+    folders = [args.ir_dir, args.vis_dir, args.out_dir]
+    dataset = [args.data, args.out_dir]
+    modes = [all(single), all(folders) and not args.data, all(dataset) and not args.ir_dir]
+    if sum(modes) != 1 or any(single) == bool(any(folders) or args.data):
+        p.error("give either --ir, --vis and --out, or --ir-dir, --vis-dir and --out-dir, "
+                "or --data and --out-dir")
+    if (args.split or args.ir_subdir or args.vis_subdir) and not args.data:
+        p.error("--split, --ir-subdir and --vis-subdir go with --data")
     return args
 
 
@@ -99,16 +110,29 @@ def fuse_one(fuse, args):
     print(f"wrote {args.out}")
 
 
+def _input_folders(args):
+    """The infrared and visible folders: given, or those of the --data layout (printed)."""
+    if not args.data:
+        return args.ir_dir, args.vis_dir
+    from ifes_jax.data import layouts
+    layout = layouts.find_layout(args.data, args.ir_subdir, args.vis_subdir)
+    split = args.split or ("test" if layout.splits else None)
+    print(f"layout of {layout.describe()}" + (f"; fusing {split}" if layout.splits else ""),
+          file=sys.stderr)
+    return layout.folders_of(split)
+
+
 def fuse_folders(fuse, args):
     from tqdm import tqdm
     from ifes_jax.data import pairs
     from ifes_jax.errors import DataError, InputError
-    for folder in (args.ir_dir, args.vis_dir):
+    ir_dir, vis_dir = _input_folders(args)
+    for folder in (ir_dir, vis_dir):
         if _inside(args.out_dir, folder):
             raise InputError(f"{args.out_dir}: the output folder is inside the input folder {folder}")
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
         raise InputError(f"{args.out_dir}: exists and is not a folder")
-    found = pairs.pair_folders(args.ir_dir, args.vis_dir)
+    found = pairs.pair_folders(ir_dir, vis_dir)
     fuser = load_model(fuse, args)
     try:
         os.makedirs(args.out_dir, exist_ok=True)

@@ -1,6 +1,6 @@
-"""Folders of infrared/visible pairs: `<dir>/ir/<name>.<ext>` and `<dir>/vis/<name>.<ext>`, the
-layout of the TNO, RoadScene and MSRS releases. Finding, validating and splitting the pairs;
-every problem is a one-line `DataError` naming the file(s)."""
+"""Infrared/visible pairs of a folder (`<dir>/ir/<name>.<ext>` and `<dir>/vis/<name>.<ext>`, or
+any release layout `layouts` recognises): finding, validating and splitting them; every
+problem is a one-line `DataError` naming the file(s)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,6 +10,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from ifes_jax.data import layouts
 from ifes_jax.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, read_image
 from ifes_jax.errors import ConfigError, DataError
 
@@ -42,36 +43,13 @@ def _names(names, limit=5):
     return ", ".join(names[:limit]) + more
 
 
-IR_NAMES = ("ir", "infrared", "cropinfrared")
-VIS_NAMES = ("vis", "vi", "visible", "crop_lr_visible", "vi_y")
-
-
-def find_subfolder(root, accepted, kind: str) -> str:
-    """The one subfolder of `root` whose name is in `accepted` (case-insensitively)."""
-    found = sorted(d for d in os.listdir(root)
-                   if d.lower() in accepted and os.path.isdir(os.path.join(root, d)))
-    if len(found) == 1:
-        return found[0]
-    what = f"two {kind} folders ({', '.join(found)})" if found else f"no {kind} folder"
-    raise DataError(f"{root}: {what}; a pairs folder holds one infrared folder "
-                    f"({', '.join(IR_NAMES)}) and one visible folder ({', '.join(VIS_NAMES)}), "
-                    "any case, with matching file names")
-
-
-def find_pairs(root, ir_dir: str | None = None, vis_dir: str | None = None) -> list[Pair]:
-    """The pairs of `root`, sorted by name, matched by file name without extension. The
-    infrared and visible subfolders are found by name (`IR_NAMES`, `VIS_NAMES`, any case:
-    ir/ + vis/, CDDFuse's ir/ + vi/, RoadScene's cropinfrared/ + crop_LR_visible/, ...) unless
-    given."""
-    root = os.fspath(root)
-    if not os.path.isdir(root):
-        raise DataError(f"{root}: no such folder")
-    ir_dir = ir_dir or find_subfolder(root, IR_NAMES, "infrared")
-    vis_dir = vis_dir or find_subfolder(root, VIS_NAMES, "visible")
-    for sub in (ir_dir, vis_dir):
-        if not os.path.isdir(os.path.join(root, sub)):
-            raise DataError(f"{root}: no '{sub}/' folder")
-    return pair_folders(os.path.join(root, ir_dir), os.path.join(root, vis_dir))
+def find_pairs(root, ir_dir: str | None = None, vis_dir: str | None = None,
+               split: str | None = None) -> list[Pair]:
+    """The pairs of `root` (of its `split`, when its layout has a train/test level), sorted by
+    name, matched by file name without extension. The folders are found by name
+    (`layouts.find_layout`) unless given (relative to `root`)."""
+    layout = layouts.find_layout(root, ir_dir, vis_dir)
+    return pair_folders(*layout.folders_of(split))
 
 
 def pair_folders(ir_folder, vis_folder) -> list[Pair]:

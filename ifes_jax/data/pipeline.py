@@ -11,6 +11,7 @@ its next index, so a resumed run continues with exactly the next batch.
 from __future__ import annotations
 
 import logging
+import os
 
 import grain
 import numpy as np
@@ -102,17 +103,26 @@ def large_enough(source, crop: int) -> list[int]:
     return [i for i in range(len(source)) if min(source[i]["ir"].shape[:2]) >= crop]
 
 
-def training_dataset(source, *, seed: int, batch_size: int, crop: int, flips: bool = True,
-                     rotations: bool = True, small_images: str = "pad",
-                     shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
-    """The infinite MapDataset of training batches {"ir", "vis"}: float32 (B, crop, crop, 1).
+def parse_mixture(spec: str) -> list[tuple[str, float]]:
+    """'PATH:WEIGHT,PATH:WEIGHT,...' (a weight may be left out: 1) as [(path, weight)]."""
+    mixture = []
+    for item in (part.strip() for part in spec.split(",")):
+        path, sep, weight = item.rpartition(":")
+        if not sep or os.sep in weight:  # no weight given (a ':' inside the path does not count)
+            path, weight = item, "1"
+        try:
+            value = float(weight)
+        except ValueError:
+            value = None
+        if not path or value is None or not value > 0 or not np.isfinite(value):
+            raise ConfigError(f"data.dirs: {item!r} is not PATH:WEIGHT with a weight > 0 "
+                              "(e.g. 'data/msrs:0.7,data/tno:0.3')")
+        mixture.append((path, value))
+    return mixture
 
-    Every epoch is shuffled anew from `seed`. With `shard_count` > 1, `batch_size` is this
-    process's share and the process takes every `shard_count`-th batch from `shard_index`, so
-    the processes together read the batches one process would read with shard_count x the size.
-    """
-    if small_images not in SMALL_IMAGE_POLICIES:
-        raise ConfigError(f"small_images must be one of {SMALL_IMAGE_POLICIES}, got {small_images!r}")
+
+def _epochs(source, *, seed: int, crop: int, small_images: str) -> grain.MapDataset:
+    """The records of `source`, shuffled anew each epoch from `seed`, repeated forever."""
     ds = grain.MapDataset.source(source)
     if small_images == "skip":
         keep = large_enough(source, crop)
@@ -123,7 +133,28 @@ def training_dataset(source, *, seed: int, batch_size: int, crop: int, flips: bo
             raise ConfigError(f"no pair is at least {crop}x{crop}: lower data.crop_size or set "
                               "data.small_images='pad'")
         ds = grain.MapDataset.source(keep).map(lambda i: source[i])
-    ds = ds.seed(seed).shuffle().repeat()
+    return ds.seed(seed).shuffle().repeat()
+
+
+def training_dataset(source, *, seed: int, batch_size: int, crop: int, flips: bool = True,
+                     rotations: bool = True, small_images: str = "pad", weights=None,
+                     shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
+    """The infinite MapDataset of training batches {"ir", "vis"}: float32 (B, crop, crop, 1).
+
+    Every epoch is shuffled anew from `seed`. `source` may be a list of sources, mixed by
+    `weights` (each shuffled from its own seed): the mixture is still indexed, so batch k stays
+    a pure function of (seed, k). With `shard_count` > 1, `batch_size` is this process's share
+    and the process takes every `shard_count`-th batch from `shard_index`, so the processes
+    together read the batches one process would read with shard_count x the size.
+    """
+    if small_images not in SMALL_IMAGE_POLICIES:
+        raise ConfigError(f"small_images must be one of {SMALL_IMAGE_POLICIES}, got {small_images!r}")
+    if isinstance(source, (list, tuple)):
+        parts = [_epochs(s, seed=seed + i, crop=crop, small_images=small_images)
+                 for i, s in enumerate(source)]
+        ds = grain.MapDataset.mix(parts, weights).seed(seed)
+    else:
+        ds = _epochs(source, seed=seed, crop=crop, small_images=small_images)
     ds = ds.random_map(lambda record, rng: crop_pair(record, rng, crop, flips=flips,
                                                       rotations=rotations))
     ds = ds.batch(batch_size, drop_remainder=True)

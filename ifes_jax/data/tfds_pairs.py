@@ -8,12 +8,16 @@ storage order, not name order, so each keeps its pair's name.
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
+import tqdm
 
-from ifes_jax.data import pairs as pairs_lib
+from ifes_jax.data import layouts, pairs as pairs_lib
+from ifes_jax.errors import ConfigError
 
 VERSION = "1.0.0"
 
@@ -22,16 +26,18 @@ class PairedFolderConfig(tfds.core.BuilderConfig):
     """Which folder, how to split it and what to do with pairs whose sizes differ. The config's
     name is a fingerprint of all of that and of the files, so any change builds anew."""
 
-    def __init__(self, *, source: str, splits: dict, mismatch: str, fingerprint: str):
+    def __init__(self, *, source: str, splits: dict, mismatch: str, fingerprint: str,
+                 workers: int = 4):
         super().__init__(name=f"src_{fingerprint}", version=VERSION,
                          description=f"pairs of {source} (size mismatches: {mismatch})")
         self.source = source
         self.splits = splits
         self.mismatch = mismatch
+        self.workers = workers
 
 
 class PairedFolder(tfds.core.GeneratorBasedBuilder):
-    """Infrared/visible pairs of one folder (`ir/`, `vis/`, matching names)."""
+    """Infrared/visible pairs of one folder in any recognised layout, split as it says."""
 
     VERSION = tfds.core.Version(VERSION)
 
@@ -65,40 +71,81 @@ class PairedFolder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, members):
         crop = self.builder_config.mismatch == "crop"
-        for pair in members:
-            (ir, ir_bits, ir_mode), (vis, vis_bits, vis_mode) = pairs_lib.read_pair(pair, crop)
-            channels = lambda x: (x[..., None] if x.ndim == 2 else x).astype(np.uint16)
-            yield pair.name, {
-                "name": pair.name, "ir": channels(ir), "vis": channels(vis),
-                "ir_mode": ir_mode, "vis_mode": vis_mode,
-                "ir_bit_depth": ir_bits, "vis_bit_depth": vis_bits,
-            }
+        read = lambda pair: (pair, pairs_lib.read_pair(pair, crop))
+        with concurrent.futures.ThreadPoolExecutor(self.builder_config.workers) as pool:
+            for pair, ((ir, ir_bits, ir_mode), (vis, vis_bits, vis_mode)) in _ordered_map(
+                    pool, read, tqdm.tqdm(members, desc="decode", unit="pair",
+                                          disable=len(members) < 100)):
+                yield pair.name, {
+                    "name": pair.name, "ir": _channels(ir), "vis": _channels(vis),
+                    "ir_mode": ir_mode, "vis_mode": vis_mode,
+                    "ir_bit_depth": ir_bits, "vis_bit_depth": vis_bits,
+                }
+
+
+def _channels(x):
+    return (x[..., None] if x.ndim == 2 else x).astype(np.uint16)
+
+
+def _ordered_map(pool, fn, items, ahead: int = 16):
+    """fn over items on `pool`, in order, with at most `ahead` results waiting: decoding runs
+    in parallel while memory stays bounded."""
+    pending = collections.deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _splits(layout, *, train_list, train_fraction, mismatch, split_seed, log):
+    """({split: kept pairs}, every pair found): the layout's own train/test folders, or a split
+    of its one folder by list or fraction."""
+    if layout.splits:
+        if train_list or train_fraction is not None:
+            raise ConfigError(f"{layout.root}: already split into {'/'.join(layout.splits)}; "
+                              "unset data.train_list and data.train_fraction")
+        found = {s: pairs_lib.pair_folders(*layout.folders[s]) for s in layout.splits}
+    else:
+        found = {None: pairs_lib.pair_folders(*layout.folders[None])}
+    kept, skipped = {}, []
+    for split, members in found.items():
+        kept[split], dropped = pairs_lib.check_sizes(members, mismatch)
+        skipped += dropped
+    if skipped:
+        log(f"{layout.root}: skipping {len(skipped)} pair(s) whose sizes differ: "
+            + ", ".join(p.name for p in skipped))
+    everything = [p for members in found.values() for p in members]
+    if layout.splits:
+        return {s: members for s, members in kept.items() if members}, everything
+    return pairs_lib.split_pairs(kept[None], train_list=train_list, train_fraction=train_fraction,
+                                 seed=split_seed, skipped=skipped), everything
 
 
 def prepare(source, data_dir, *, train_list: str | None = None,
             train_fraction: float | None = None, mismatch: str = "error", split_seed: int = 0,
+            ir_subdir: str | None = None, vis_subdir: str | None = None, workers: int = 4,
             log=print) -> PairedFolder:
-    """Validate the folder `source` and build its dataset into `data_dir` (cached: a second
+    """Validate the folder `source` (any layout `layouts` recognises; the one found is logged)
+    and build its dataset into `data_dir`, decoding with `workers` threads (cached: a second
     call with the same files and options reads what is there). Returns the builder.
 
-    Every image is decoded once before anything is written, so a bad file is reported (a
-    one-line `DataError`) before training starts.
+    tfds builds into a temporary folder and renames it when complete, so a bad file (a
+    one-line `DataError`) or an interruption leaves nothing behind, and a rerun builds anew.
     """
     source = os.path.abspath(os.fspath(source))
-    found = pairs_lib.find_pairs(source)
-    kept, skipped = pairs_lib.check_sizes(found, mismatch)
-    if skipped:
-        log(f"{source}: skipping {len(skipped)} pair(s) whose sizes differ: "
-            + ", ".join(p.name for p in skipped))
-    splits = pairs_lib.split_pairs(kept, train_list=train_list, train_fraction=train_fraction,
-                                   seed=split_seed, skipped=skipped)
-    key = pairs_lib.fingerprint(found, mismatch, train_list and os.path.abspath(train_list),
+    layout = layouts.find_layout(source, ir_subdir, vis_subdir)
+    log(f"layout of {layout.describe()}")
+    splits, found = _splits(layout, train_list=train_list, train_fraction=train_fraction,
+                            mismatch=mismatch, split_seed=split_seed, log=log)
+    key = pairs_lib.fingerprint(found, mismatch, layout.describe(),
+                                train_list and os.path.abspath(train_list),
                                 train_list and open(train_list).read(), train_fraction, split_seed)
-    config = PairedFolderConfig(source=source, splits=splits, mismatch=mismatch, fingerprint=key)
+    config = PairedFolderConfig(source=source, splits=splits, mismatch=mismatch, fingerprint=key,
+                                workers=workers)
     builder = PairedFolder(config=config, data_dir=os.fspath(data_dir), file_format="array_record")
     if not builder.is_prepared():
-        for pair in kept:  # report a bad file before tfds starts writing
-            pairs_lib.read_pair(pair, crop_to_common=mismatch == "crop")
         tfds.disable_progress_bar()
         log(f"building the tfds dataset of {source} into {builder.data_dir}")
         builder.download_and_prepare()
