@@ -69,6 +69,7 @@ def get_config():
     data.flips = True
     data.rotations = True             # random 90-degree rotations
     data.prefetch = 2                 # batches prepared ahead, on the device
+    data.workers = 0                  # grain worker processes preparing batches (0: a thread)
     data.val_dir = placeholder(str)   # a pairs folder for validation at every checkpoint
     data.val_split = "train"          # its split (e.g. "test" with the same train_list)
     data.val_train_list = placeholder(str)

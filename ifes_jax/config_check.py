@@ -31,6 +31,7 @@ POSITIVE_INTEGERS = ("data.crop_size", "data.synthetic_pairs", "data.synthetic_s
                      "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
                      "train.sample_every", "train.num_samples", "train.sample_size")
 NON_NEGATIVE_INTEGERS = ("train.steps", "train.keep_best", "optim.warmup_steps", "data.prefetch",
+                         "data.workers",
                          "data.split_seed", "seed")
 POSITIVE_NUMBERS = ("model.width_multiplier", "optim.learning_rate", "loss.window_sigma",
                     "loss.xi", "loss.eps")

@@ -345,7 +345,8 @@ def setup(run: Run):
                                                           config.data.crop_size))
     single_host_mesh = cfg_train.parallel == "shard_map" and jax.process_count() == 1
     run.data_iter = pipeline.iterator(dataset, device=run.runner.batch_sharding if single_host_mesh else None,
-                                      prefetch=config.data.prefetch)
+                                      prefetch=config.data.prefetch,
+                                      workers=config.data.get("workers", 0))
     run.mngr = checkpoint.manager(os.path.join(run.workdir, "checkpoints"),
                                   keep=cfg_train.keep_checkpoints, keep_best=cfg_train.keep_best)
     run.fuse = fuse_fn(run.state.apply_fn)

@@ -162,11 +162,14 @@ def training_dataset(source, *, seed: int, batch_size: int, crop: int, flips: bo
     return ds.slice(slice(shard_index, None, shard_count)) if shard_count > 1 else ds
 
 
-def iterator(dataset: grain.MapDataset, *, state=None, device=None, prefetch: int = 2):
+def iterator(dataset: grain.MapDataset, *, state=None, device=None, prefetch: int = 2,
+             workers: int = 0):
     """An iterator over `dataset` that restores `state` (from `get_state()`), with a
-    background thread and, given `device` (a device or sharding), a transfer to it ahead of
-    use."""
+    background thread (and, given `workers`, that many worker processes preparing batches)
+    and, given `device` (a device or sharding), a transfer to it ahead of use."""
     it_ds = dataset.to_iter_dataset()
+    if workers:
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     if device is not None:
         it_ds = grain.experimental.device_put(it_ds, device, cpu_buffer_size=prefetch,
                                               device_buffer_size=prefetch)
