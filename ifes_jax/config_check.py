@@ -29,7 +29,8 @@ BOOLEANS = ("model.hierarchical_connection", "model.interactive", "model.remat",
 POSITIVE_INTEGERS = ("data.crop_size", "data.synthetic_pairs", "data.synthetic_size",
                      "data.val_size", "data.val_pairs", "loss.window_size", "train.batch_size",
                      "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                     "train.sample_every", "train.num_samples", "train.sample_size")
+                     "train.sample_every", "train.num_samples", "train.sample_size",
+                     "data.decode_workers")
 NON_NEGATIVE_INTEGERS = ("train.steps", "train.keep_best", "optim.warmup_steps", "data.prefetch",
                          "data.workers",
                          "data.split_seed", "seed")
@@ -89,13 +90,10 @@ def _check_data(data):
         raise ConfigError(f"data.train_fraction must be in (0, 1]; got {data.train_fraction!r}")
     if data.get("train_fraction") is not None and data.get("train_list") is not None:
         raise ConfigError("data.train_list and data.train_fraction: give one, not both")
-    if data.get("dirs") is not None:
-        if data.get("dir") is not None:
+    if data.dirs is not None:
+        if data.dir is not None:
             raise ConfigError("data.dir and data.dirs: give one folder or a mixture, not both")
         if data.get("train_list") is not None:
             raise ConfigError("data.train_list names the pairs of one folder; with data.dirs, "
                               "use folders split as released (train/, test/) or data.train_fraction")
         pipeline.parse_mixture(data.dirs)
-    workers = data.get("decode_workers", 4)
-    if not (_is_int(workers) and workers > 0):
-        raise ConfigError(f"data.decode_workers must be a positive integer; got {workers!r}")

@@ -173,9 +173,9 @@ def evaluate(data_dir, methods, out_dir, *, profile: str = "paper", quantize: bo
         raise ConfigError(f"unknown profile {profile!r}: use {', '.join(profiles.PROFILES)}")
     quantize = quantize or profiles.PROFILES[profile].eight_bit
     layout = layouts.find_layout(data_dir, ir_subdir, vis_subdir)
-    split = split or ("test" if layout.splits else None)
-    log(f"layout of {layout.describe()}" + (f"; scoring {split}" if layout.splits else ""))
-    selected = select_pairs(pairs_lib.pair_folders(*layout.folders_of(split)), pair_spec)
+    _, folders, said = layout.chosen(split)
+    log(f"layout of {said}")
+    selected = select_pairs(pairs_lib.pair_folders(*folders), pair_spec)
     _check_out_dir(out_dir, [data_dir] + [m.arg for m in methods if m.kind == "dir"])
     runner = Runner(methods, max_pixels)
     names = profiles.names(profile)

@@ -219,8 +219,7 @@ def make_source(config, *, folder=None, split=None, train_list=None):
         folder, os.path.expanduser(data.cache_dir),
         train_list=data.train_list if train_list is None else train_list,
         train_fraction=data.train_fraction, mismatch=data.mismatch, split_seed=data.split_seed,
-        ir_subdir=data.get("ir_subdir"), vis_subdir=data.get("vis_subdir"),
-        workers=data.get("decode_workers", 4))
+        ir_subdir=data.ir_subdir, vis_subdir=data.vis_subdir, workers=data.decode_workers)
     return pipeline.tfds_source(builder, data.split if split is None else split)
 
 
@@ -228,7 +227,7 @@ def make_dataset(config, local_batch: int):
     """The training batches: of `data.dir` (or the synthetic pairs), or of the `data.dirs`
     mixture."""
     data = config.data
-    if data.get("dirs") is None:
+    if data.dirs is None:
         sources, weights = make_source(config), None
     else:
         mixture = pipeline.parse_mixture(data.dirs)
@@ -346,7 +345,7 @@ def setup(run: Run):
     single_host_mesh = cfg_train.parallel == "shard_map" and jax.process_count() == 1
     run.data_iter = pipeline.iterator(dataset, device=run.runner.batch_sharding if single_host_mesh else None,
                                       prefetch=config.data.prefetch,
-                                      workers=config.data.get("workers", 0))
+                                      workers=config.data.workers)
     run.mngr = checkpoint.manager(os.path.join(run.workdir, "checkpoints"),
                                   keep=cfg_train.keep_checkpoints, keep_best=cfg_train.keep_best)
     run.fuse = fuse_fn(run.state.apply_fn)

@@ -144,7 +144,7 @@ def test_evaluate_and_fuse_take_a_split_release(tmp_path):
     logged = []
     results = evaluate.evaluate(root, evaluate.parse_methods("average"), str(tmp_path / "eval"),
                                 profile="default", figure_pairs=0, log=logged.append)
-    assert results["meta"]["pairs"] == 3 and "scoring test" in logged[0]
+    assert results["meta"]["pairs"] == 3 and "using test" in logged[0]
     with open(tmp_path / "eval" / "per_pair.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(row["pair"] for row in rows) == ["test_a", "test_b", "test_c"]

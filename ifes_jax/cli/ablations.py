@@ -59,7 +59,7 @@ def load_config(path, overrides):
 def prepare_data(config):
     """Build the tfds datasets once, before several runs would race to build them."""
     from ifes_jax import train
-    if config.data.dir is not None or config.data.get("dirs") is not None:
+    if config.data.dir is not None or config.data.dirs is not None:
         train.make_dataset(config, 1)
     train.validation_pairs(config)
 

@@ -116,10 +116,9 @@ def _input_folders(args):
         return args.ir_dir, args.vis_dir
     from ifes_jax.data import layouts
     layout = layouts.find_layout(args.data, args.ir_subdir, args.vis_subdir)
-    split = args.split or ("test" if layout.splits else None)
-    print(f"layout of {layout.describe()}" + (f"; fusing {split}" if layout.splits else ""),
-          file=sys.stderr)
-    return layout.folders_of(split)
+    _, folders, said = layout.chosen(args.split)
+    print(f"layout of {said}", file=sys.stderr)
+    return folders
 
 
 def fuse_folders(fuse, args):

@@ -43,6 +43,12 @@ class Layout:
                  for split, (ir, vis) in self.folders.items()]
         return f"{self.root}: " + ", ".join(parts)
 
+    def chosen(self, split: str | None):
+        """(split, its folders, a line saying so): `split`, by default a release's test split."""
+        split = split or ("test" if self.splits else None)
+        said = self.describe() + (f"; using {split}" if self.splits else "")
+        return split, self.folders_of(split), said
+
     def folders_of(self, split: str | None):
         """(infrared, visible) folder of `split` (None: the whole of a layout without splits)."""
         if not self.splits:
@@ -91,7 +97,7 @@ def _splits_below(root, ir, vis):
 def _explicit(root, ir_subdir, vis_subdir):
     ir = os.path.join(root, ir_subdir) if ir_subdir else _one(root, IR_NAMES, "infrared")
     vis = os.path.join(root, vis_subdir) if vis_subdir else _one(root, VIS_NAMES, "visible")
-    for folder, kind in ((ir, "infrared"), (vis, "visible")):
+    for folder in (ir, vis):
         if folder is None:
             raise _nothing_found(root)
         if not os.path.isdir(folder):
