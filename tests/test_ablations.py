@@ -11,7 +11,7 @@ TINY = ["--set", "train.steps=4", "--set", "train.checkpoint_every=2", "--set", 
 
 
 def _run(args):
-    return subprocess.run([sys.executable, SCRIPT, "--config", os.path.join(ROOT, "configs", "quickstart.py")]
+    return subprocess.run([sys.executable, SCRIPT, "--config", os.path.join(ROOT, "tests", "helpers", "tiny_config.py")]
                           + args, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
