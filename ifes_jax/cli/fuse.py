@@ -3,6 +3,9 @@
 One pair:      python scripts/fuse.py --checkpoint RUN --ir A.png --vis B.png --out F.png
 Two folders:   python scripts/fuse.py --checkpoint RUN --ir-dir IR/ --vis-dir VIS/ --out-dir OUT/
 A dataset:     python scripts/fuse.py --checkpoint RUN --data MSRS/ [--split test] --out-dir OUT/
+Two videos:    python scripts/fuse.py --checkpoint RUN --ir-video A.mp4 --vis-video B.mp4 --out F.mp4
+(a video is any file FFmpeg reads, or a folder of frames in name order; the output plays at
+the visible stream's rate and keeps its colour; needs the [video] extra, PyAV)
 (pairs matched by file name; outputs are PNGs named after the pair; --data takes any layout
 of ifes_jax/data/layouts.py)
 """
@@ -21,7 +24,16 @@ def parse_args(argv=None):
                         "(default: the weights shipped with the package)")
     p.add_argument("--ir", help="infrared image (one pair)")
     p.add_argument("--vis", help="visible image (one pair)")
-    p.add_argument("--out", help="fused PNG (one pair)")
+    p.add_argument("--out", help="fused PNG (one pair) or video (two videos)")
+    p.add_argument("--ir-video", help="infrared video file or folder of frames (video mode)")
+    p.add_argument("--vis-video", help="visible video file or folder of frames (video mode)")
+    p.add_argument("--trim", action="store_true",
+                   help="video mode: fuse the first frames of the longer stream (else refused)")
+    p.add_argument("--fps", type=float, help="video mode, two frame folders: output rate (default 25)")
+    p.add_argument("--batch", type=int,
+                   help="video mode: frames per network call (default: 8 on an accelerator, "
+                        "1 on a CPU, where larger batches are slower)")
+    p.add_argument("--codec", default="libx264", help="video mode: FFmpeg encoder of the output")
     p.add_argument("--ir-dir", help="folder of infrared images (folder mode)")
     p.add_argument("--vis-dir", help="folder of visible images, same names (folder mode)")
     p.add_argument("--data", help="a pairs folder in any release layout (folder mode)")
@@ -42,12 +54,17 @@ def parse_args(argv=None):
     add_max_pixels(p)
     args = p.parse_args(argv)
     single = [args.ir, args.vis, args.out]
+    videos = [args.ir_video, args.vis_video, args.out]
     folders = [args.ir_dir, args.vis_dir, args.out_dir]
     dataset = [args.data, args.out_dir]
-    modes = [all(single), all(folders) and not args.data, all(dataset) and not args.ir_dir]
-    if sum(modes) != 1 or any(single) == bool(any(folders) or args.data):
-        p.error("give either --ir, --vis and --out, or --ir-dir, --vis-dir and --out-dir, "
-                "or --data and --out-dir")
+    modes = [all(single), all(videos), all(folders) and not args.data, all(dataset) and not args.ir_dir]
+    given = [any([args.ir, args.vis]), any([args.ir_video, args.vis_video]),
+             any([args.ir_dir, args.vis_dir, args.out_dir, args.data])]
+    if sum(modes) != 1 or sum(given) != 1:
+        p.error("give either --ir, --vis and --out, or --ir-video, --vis-video and --out, "
+                "or --ir-dir, --vis-dir and --out-dir, or --data and --out-dir")
+    if (args.trim or args.fps is not None) and not args.ir_video:
+        p.error("--trim and --fps go with --ir-video and --vis-video")
     if (args.split or args.ir_subdir or args.vis_subdir) and not args.data:
         p.error("--split, --ir-subdir and --vis-subdir go with --data")
     return args
@@ -81,6 +98,8 @@ def main(argv=None):
         compilation_cache.enable()
         if args.ir:
             fuse_one(fuse, args)
+        elif args.ir_video:
+            fuse_video(fuse, args)
         else:
             fuse_folders(fuse, args)
     except InputError as exc:
@@ -108,6 +127,23 @@ def fuse_one(fuse, args):
     fuser = load_model(fuse, args)
     fuse.fuse_files(fuser, args.ir, args.vis, args.out, **_options(args))
     print(f"wrote {args.out}")
+
+
+def fuse_video(fuse, args):
+    from ifes_jax import video
+    from ifes_jax.errors import InputError
+    if args.bit_depth != 8:
+        raise InputError("--bit-depth 16 is for images: videos are written in 8 bits")
+    video.check_streams(video.probe(args.ir_video), video.probe(args.vis_video), args.trim)
+    fuse.check_outputs(video.output_paths(args.out, args.save_weights),
+                       [args.ir_video, args.vis_video], args.overwrite)
+    fuser = load_model(fuse, args)
+    done = video.fuse_videos(fuser, args.ir_video, args.vis_video, args.out,
+                             batch=args.batch or video.default_batch(),
+                             trim=args.trim, save_weights=args.save_weights,
+                             smooth_weights=args.smooth_weights, fps=args.fps,
+                             overwrite=args.overwrite, codec=args.codec, max_pixels=args.max_pixels)
+    print(f"wrote {args.out}: {done['frames']} frames at {float(done['rate']):g} fps")
 
 
 def _input_folders(args):
