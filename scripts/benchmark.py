@@ -2,7 +2,7 @@
 
 python scripts/benchmark.py [--out docs/benchmarks.json] [--plot docs/inference_scaling.png]
                             [--tiny] [--repeats N]
-                            [--cases train,inference,convs,loss,pipeline,dataset,eval,matmul]
+                            [--cases train,inference,convs,loss,pipeline,dataset,deploy,eval,matmul]
                             [--conv-backend auto|xla|onednn]
 
 Prints a Markdown table and writes JSON: per case the median of several timed repetitions after
@@ -343,6 +343,9 @@ def run(cases, tiny, repeats, plot, on_row=lambda rows: None, conv_backend="auto
     if "dataset" in cases:  # LLVIP-sized folders: build, then read with and without workers
         import benchmark_dataset
         rows.extend(benchmark_dataset.rows(tiny, workers=1 if tiny else 2))
+    if "deploy" in cases:  # exports against the package; video fusion end to end
+        import benchmark_deploy
+        rows.extend(r | memory() for r in benchmark_deploy.rows(tiny))
     if "eval" in cases:
         for profile in ("default", "vifb", "cddfuse"):
             rows.append(case_eval(*((80, 96) if tiny else (480, 640)), repeats, profile) | memory())
@@ -379,7 +382,9 @@ def markdown(result):
              "| device peak MB |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        if "images_per_s" in r:
+        if "frames_per_s" in r:
+            throughput = f"{r['frames_per_s']:.2f} frames/s, {r['megapixels_per_s']:.3f} MP/s"
+        elif "images_per_s" in r:
             throughput = f"{r['images_per_s']:.2f} img/s, {r['megapixels_per_s']:.3f} MP/s"
         elif "megapixels_per_s" in r:
             throughput = f"{r['megapixels_per_s']:.3f} MP/s"
@@ -406,7 +411,7 @@ def main(argv=None):
     p.add_argument("--plot", default="inference_scaling.png", help="log-log plot of inference time")
     p.add_argument("--tiny", action="store_true", help="every case once at toy sizes")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--cases", default="matmul,train,inference,convs,loss,pipeline,dataset,eval")
+    p.add_argument("--cases", default="matmul,train,inference,convs,loss,pipeline,dataset,deploy,eval")
     p.add_argument("--conv-backend", default="auto", choices=cpu.CONV_BACKENDS,
                    help="model.conv_backend of the train and inference cases (default: auto)")
     p.add_argument("--render", metavar="JSON", help="print the table of a JSON written before")
