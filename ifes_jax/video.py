@@ -267,6 +267,7 @@ def fuse_videos(fuser, ir_path, vis_path, out_path, *, batch: int = 8, trim: boo
                     for k, encoder in enumerate(encoders[1:]):
                         encoder.write(np.clip(weights[i, ..., k], 0, 1))
                 bar.update(len(fused))
+                bar.set_postfix_str(f"{bar.format_dict['n'] / max(bar.format_dict['elapsed'], 1e-9):.2f} frames/s")
         encode_all()
         bar.close()
         for encoder in encoders:

@@ -136,3 +136,18 @@ def test_unreadable_streams_and_failures_mid_way_leave_nothing(streams, tmp_path
     with pytest.raises(InputError, match="overwrite the input"):
         video.fuse_videos(fuse.load_exported(), streams / "ir.mkv", streams / "vis",
                           streams / "ir.mkv", progress=False)
+
+
+def test_ctrl_c_mid_way_leaves_nothing(streams, tmp_path):
+    shipped = fuse.load_exported()
+    calls = []
+
+    def interrupted(ir, vis, **options):  # the user presses Ctrl-C during the second batch
+        calls.append(len(ir))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return shipped(ir, vis, **options)
+    with pytest.raises(KeyboardInterrupt):
+        video.fuse_videos(interrupted, streams / "ir.mkv", streams / "vis", tmp_path / "f.mp4",
+                          batch=2, save_weights=True, progress=False)
+    assert calls == [2, 2] and os.listdir(tmp_path) == []
