@@ -89,13 +89,18 @@ def read_frames(stream: Stream, color: bool, max_pixels: int = MAX_PIXELS):
     """The frames of `stream` as float32 in [0, 1]: (H, W, 3) RGB where `color` and the source
     has colour, else (H, W) gray (BT.601 Y)."""
     if stream.frames:
+        first_mode = None
         for path in stream.frames:
             pixels, bits, mode = read_image(path, max_pixels)
             if pixels.shape[:2] != (stream.height, stream.width):
                 raise DataError(f"{path}: {pixels.shape[1]}x{pixels.shape[0]}, the folder's "
                                 f"first frame is {stream.width}x{stream.height}")
+            first_mode = first_mode or mode
             image = to_float01(pixels, bits)
-            yield image if color else luma(image)
+            if not color or first_mode == "gray":  # the first frame decides gray or colour
+                yield luma(image)
+            else:
+                yield image if mode == "rgb" else np.repeat(image[..., None], 3, axis=-1)
         return
     av = _av()
     try:
@@ -231,6 +236,17 @@ def _fuse_batch(fuser, ir, vis, batch, smooth_weights):
     return fused, weights
 
 
+def output_rate(ir: Stream, vis: Stream, fps=None) -> Fraction:
+    """The visible stream's rate, else the infrared one's; of two frame folders `fps` (25)."""
+    rate = vis.rate or ir.rate
+    if fps is not None and rate is not None:
+        raise InputError(f"--fps is for folders of frames: {vis.path if vis.rate else ir.path} "
+                         f"plays at {float(rate):g} fps")
+    if fps is not None and not fps > 0:
+        raise InputError(f"--fps must be positive, got {fps}")
+    return rate or Fraction(fps if fps is not None else DEFAULT_RATE).limit_denominator(1001)
+
+
 def fuse_videos(fuser, ir_path, vis_path, out_path, *, batch: int = 8, trim: bool = False,
                 save_weights: bool = False, smooth_weights: bool = False, fps=None,
                 overwrite: bool = False, codec: str = "libx264", progress: bool = True,
@@ -242,46 +258,40 @@ def fuse_videos(fuser, ir_path, vis_path, out_path, *, batch: int = 8, trim: boo
         raise InputError(f"batch must be a positive integer, got {batch!r}")
     ir, vis = probe(ir_path), probe(vis_path)
     count = check_streams(ir, vis, trim)
-    rate = vis.rate or ir.rate
-    if fps is not None and rate is not None:
-        raise InputError(f"--fps is for folders of frames: {vis.path if vis.rate else ir.path} "
-                         f"plays at {float(rate):g} fps")
-    if fps is not None and not fps > 0:
-        raise InputError(f"--fps must be positive, got {fps}")
-    rate = rate or Fraction(fps if fps is not None else DEFAULT_RATE).limit_denominator(1001)
+    rate = output_rate(ir, vis, fps)
     outputs = output_paths(out_path, save_weights)
     fuse.check_outputs(outputs, [ir_path, vis_path], overwrite)
-    encoders = []
+    encoders, bar = [], _progress(count, progress)
     try:
         encoders = [_Encoder(p, ir.width, ir.height, rate, codec) for p in outputs]
-        bar = _progress(count, progress)
-
-        def fused_batches():
-            for ir_b, vis_b in _in_background(_batches(ir, vis, count, batch, max_pixels)):
-                yield _fuse_batch(fuser, ir_b, vis_b, batch, smooth_weights)
-
-        def encode_all():
-            for fused, weights in _in_background(fused_batches()):
-                for i in range(len(fused)):
-                    encoders[0].write(fused[i])
-                    for k, encoder in enumerate(encoders[1:]):
-                        encoder.write(np.clip(weights[i, ..., k], 0, 1))
-                bar.update(len(fused))
-                bar.set_postfix_str(f"{bar.format_dict['n'] / max(bar.format_dict['elapsed'], 1e-9):.2f} frames/s")
-        encode_all()
-        bar.close()
+        fused = (_fuse_batch(fuser, ir_b, vis_b, batch, smooth_weights) for ir_b, vis_b
+                 in _in_background(_batches(ir, vis, count, batch, max_pixels)))
+        _encode(_in_background(fused), encoders, bar)
         for encoder in encoders:
             encoder.close()
     except BaseException as exc:
         for encoder in encoders:
             encoder.discard()
-        av = _av()
-        if isinstance(exc, av.FFmpegError):
+        if isinstance(exc, _av().FFmpegError):
             raise InputError(f"{out_path}: cannot be encoded ({exc})") from None
         raise
+    finally:
+        bar.close()
     for encoder in encoders:
         encoder.commit()
     return {"frames": count, "rate": rate, "ir": ir, "vis": vis}
+
+
+def _encode(batches, encoders, bar):
+    """Write each fused frame (and its two weight maps, when there are three encoders)."""
+    for fused, weights in batches:
+        for i in range(len(fused)):
+            encoders[0].write(fused[i])
+            for k, encoder in enumerate(encoders[1:]):
+                encoder.write(np.clip(weights[i, ..., k], 0, 1))
+        bar.update(len(fused))
+        elapsed = max(bar.format_dict["elapsed"], 1e-9)
+        bar.set_postfix_str(f"{bar.n / elapsed:.2f} frames/s")
 
 
 def _progress(total, enabled):

@@ -134,12 +134,14 @@ def fuse_video(fuse, args):
     from ifes_jax.errors import InputError
     if args.bit_depth != 8:
         raise InputError("--bit-depth 16 is for images: videos are written in 8 bits")
-    video.check_streams(video.probe(args.ir_video), video.probe(args.vis_video), args.trim)
+    ir, vis = video.probe(args.ir_video), video.probe(args.vis_video)
+    video.check_streams(ir, vis, args.trim)
+    video.output_rate(ir, vis, args.fps)  # checked before the model loads
     fuse.check_outputs(video.output_paths(args.out, args.save_weights),
                        [args.ir_video, args.vis_video], args.overwrite)
     fuser = load_model(fuse, args)
     done = video.fuse_videos(fuser, args.ir_video, args.vis_video, args.out,
-                             batch=args.batch or video.default_batch(),
+                             batch=video.default_batch() if args.batch is None else args.batch,
                              trim=args.trim, save_weights=args.save_weights,
                              smooth_weights=args.smooth_weights, fps=args.fps,
                              overwrite=args.overwrite, codec=args.codec, max_pixels=args.max_pixels)
