@@ -63,6 +63,7 @@ def get_config():
     data.mismatch = "error"           # pairs whose IR/VIS sizes differ: error | skip | crop
     data.small_images = "pad"         # pairs smaller than the crop: pad (reflect) | skip
     data.cache_dir = "~/.cache/ifes_jax/tfds"  # where the tfds dataset of a folder is built
+    data.cache_compression = "zlib"   # its records: zlib | none (larger on disk, far faster reads)
     data.synthetic_pairs = 64         # size of the synthetic training pool
     data.synthetic_size = 256         # its images are synthetic_size x synthetic_size
     data.crop_size = 128              # random same-position crops of both sources

@@ -20,6 +20,7 @@ CHOICES = {
     "optim.schedule": ("constant", "warmup_constant", "warmup_cosine"),
     "optim.weight_decay_mode": ("l2", "decoupled"),
     "data.mismatch": pairs.MISMATCH_POLICIES,
+    "data.cache_compression": ("zlib", "none"),
     "data.small_images": pipeline.SMALL_IMAGE_POLICIES,
     "train.parallel": parallel.KINDS,
     "train.nonfinite": ("stop", "skip"),

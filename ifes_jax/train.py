@@ -219,7 +219,8 @@ def make_source(config, *, folder=None, split=None, train_list=None):
         folder, os.path.expanduser(data.cache_dir),
         train_list=data.train_list if train_list is None else train_list,
         train_fraction=data.train_fraction, mismatch=data.mismatch, split_seed=data.split_seed,
-        ir_subdir=data.ir_subdir, vis_subdir=data.vis_subdir, workers=data.decode_workers)
+        ir_subdir=data.ir_subdir, vis_subdir=data.vis_subdir, workers=data.decode_workers,
+        compression=data.cache_compression)
     return pipeline.tfds_source(builder, data.split if split is None else split)
 
 

@@ -390,6 +390,8 @@ def markdown(result):
             throughput = f"{r['megapixels_per_s']:.3f} MP/s"
         elif "seconds_per_1000_pairs" in r:
             throughput = f"{r['seconds_per_1000_pairs']:.0f} s per 1,000 pairs"
+            if "disk_mb_per_1000_pairs" in r:
+                throughput += f", {r['disk_mb_per_1000_pairs'] / 1024:.2f} GB on disk"
         elif "batches_per_s" in r:
             throughput = f"{r['batches_per_s']:.0f} batches/s"
         elif r.get("temp_memory_mb") is not None:

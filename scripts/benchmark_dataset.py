@@ -1,9 +1,10 @@
 """Benchmark rows for LLVIP-sized data (the `dataset` case of scripts/benchmark.py): a synthetic
 folder in LLVIP's layout (infrared/train/, visible/train/, JPEG, colour visible) is built into a
-tfds dataset in a fresh process (build seconds per 1,000 pairs, that process's peak RSS), then
-read as training batches with and without grain worker processes (batches/s).
+tfds dataset in a fresh process (build seconds and disk per 1,000 pairs, that process's peak
+RSS), then read as training batches with and without grain worker processes (batches/s): once
+with zlib-compressed records (the default), once with raw ones (`data.cache_compression=none`).
 
-python scripts/benchmark_dataset.py [--pairs 200] [--height 1024 --width 1280] [--tiny]
+python scripts/benchmark_dataset.py [--pairs 150] [--height 1024 --width 1280] [--tiny]
 """
 import argparse
 import json
@@ -53,30 +54,41 @@ def batches_per_second(source, crop: int, batch: int, workers: int, count: int) 
 
 
 def measure(folder, cache, crop, batch, workers, count):
-    """In this (fresh) process: build, then read. Returns the rows."""
+    """In this (fresh) process: build, then read, with zlib-compressed and with raw records.
+    Returns the rows."""
     from absl import flags
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
     from ifes_jax.data import pipeline, tfds_pairs
-    before = peak_rss_mb()
-    start = time.perf_counter()
-    builder = tfds_pairs.prepare(folder, cache, log=lambda msg: None)
-    build_s = time.perf_counter() - start
     pairs = len(os.listdir(os.path.join(folder, "infrared", "train")))
     size = Image.open(os.path.join(folder, "infrared", "train", "000000.jpg")).size
-    rows = [{"case": f"dataset build, {pairs} pairs {size[0]}x{size[1]} JPEG",
-             "kind": "input pipeline", "seconds": build_s,
-             "seconds_per_1000_pairs": build_s * 1000 / pairs,
-             "host_peak_rss_mb": peak_rss_mb(), "rss_before_build_mb": before}]
-    source = pipeline.tfds_source(builder)
-    for n in sorted({0, workers}):
-        rate = batches_per_second(source, crop, batch, n, count)
-        rows.append({"case": f"dataset read {crop}² x {batch}, {n} worker processes",
-                     "kind": "input pipeline", "seconds": 1 / rate, "batches_per_s": rate,
-                     "host_peak_rss_mb": peak_rss_mb()})
+    rows = []
+    for compression in tfds_pairs.COMPRESSIONS:
+        before = peak_rss_mb()
+        start = time.perf_counter()
+        builder = tfds_pairs.prepare(folder, cache, compression=compression, log=lambda msg: None)
+        build_s = time.perf_counter() - start
+        rows.append({"case": f"dataset build, {pairs} pairs {size[0]}x{size[1]} JPEG, "
+                             f"records {compression}",
+                     "kind": "input pipeline", "seconds": build_s,
+                     "seconds_per_1000_pairs": build_s * 1000 / pairs,
+                     "disk_mb_per_1000_pairs": _folder_mb(builder.data_dir) * 1000 / pairs,
+                     "host_peak_rss_mb": peak_rss_mb(), "rss_before_build_mb": before})
+        source = pipeline.tfds_source(builder)
+        for n in sorted({0, workers}):
+            rate = batches_per_second(source, crop, batch, n, count)
+            rows.append({"case": f"dataset read {crop}² x {batch}, records {compression}, "
+                                 f"{n} worker processes",
+                         "kind": "input pipeline", "seconds": 1 / rate, "batches_per_s": rate,
+                         "host_peak_rss_mb": peak_rss_mb()})
     return rows
 
 
-def rows(tiny: bool, pairs: int = 200, height: int = 1024, width: int = 1280, workers: int = 2):
+def _folder_mb(folder) -> float:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder)
+               for f in files) / 2 ** 20
+
+
+def rows(tiny: bool, pairs: int = 150, height: int = 1024, width: int = 1280, workers: int = 2):
     """The rows, measured in a child process on a folder written here."""
     if tiny:
         pairs, height, width = 4, 48, 64
@@ -95,7 +107,7 @@ def rows(tiny: bool, pairs: int = 200, height: int = 1024, width: int = 1280, wo
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pairs", type=int, default=200)
+    p.add_argument("--pairs", type=int, default=150)
     p.add_argument("--height", type=int, default=1024)
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--workers", type=int, default=2)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from ifes_jax.data import pairs, tfds_pairs
-from ifes_jax.errors import DataError
+from ifes_jax.errors import ConfigError, DataError
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 needs_data = pytest.mark.skipif(not os.path.isdir(DATA),
@@ -135,6 +135,31 @@ def test_sixteen_bit_rgba_and_crop_policy(tmp_path, cache):
     np.testing.assert_array_equal(record["vis"], rgba[:20, :24, :3])
 
 
+def test_storage_is_uint8_for_8_bit_folders_and_raw_records_read_the_same(tmp_path, cache):
+    root = _folder(tmp_path / "eight")
+    zlib = tfds_pairs.prepare(root, cache)
+    raw = tfds_pairs.prepare(root, cache, compression="none")
+    assert zlib.data_dir != raw.data_dir  # two datasets, one per option
+    for builder, encoding in ((zlib, "zlib"), (raw, "bytes")):
+        feature = builder.info.features["ir"]
+        assert feature.np_dtype == np.uint8 and feature._encoding.value == encoding
+    by_name = lambda builder: sorted(_records(builder), key=lambda r: r["name"])  # storage order
+    for a, b, name in zip(by_name(zlib), by_name(raw), ("a", "b")):
+        want = _pil_pixels(os.path.join(root, "ir", f"{name}.png"))
+        assert a["name"] == b["name"] == name and a["ir"].dtype == np.uint8
+        np.testing.assert_array_equal(a["ir"], want)
+        np.testing.assert_array_equal(b["ir"], want)
+        np.testing.assert_array_equal(a["vis"], b["vis"])
+    sixteen = tmp_path / "sixteen"
+    _folder(sixteen, names=("a",))
+    _write(os.path.join(sixteen, "ir", "a.png"), np.full((20, 24), 40000, np.uint16))
+    builder = tfds_pairs.prepare(str(sixteen), cache)
+    assert builder.info.features["vis"].np_dtype == np.uint16  # one 16-bit file: all uint16
+    assert _records(builder)[0]["ir"].max() == 40000
+    with pytest.raises(ConfigError, match="cache_compression"):
+        tfds_pairs.prepare(root, cache, compression="gzip")
+
+
 def test_split_by_fraction_is_seeded_and_disjoint(tmp_path, cache):
     root = _folder(tmp_path / "many", names=[f"n{i}" for i in range(10)])
     builder = tfds_pairs.prepare(root, cache, train_fraction=0.7, split_seed=3)
@@ -169,3 +194,16 @@ assert "tensorflow" not in sys.modules, "tensorflow was imported"
     root_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run([sys.executable, "-c", code], cwd=root_dir, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_records_beyond_tfds_memory_buffer_are_one_line_not_a_traceback(tmp_path, monkeypatch):
+    """tfds spills records past its in-memory buffer (1 GB) through TensorFlow, which is not
+    installed: the build stops with one line naming the folder (the buffer shrunk to 1 kB here)."""
+    from tensorflow_datasets.core import shuffle
+    monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 1024)
+    root = _folder(tmp_path / "big", size=(40, 48))
+    with pytest.raises(DataError, match="needs TensorFlow") as caught:
+        tfds_pairs.prepare(root, str(tmp_path / "cache"), compression="none", log=lambda m: None)
+    assert root in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "cache" / "paired_folder").exists() or not any(
+        (tmp_path / "cache" / "paired_folder").rglob("dataset_info.json"))

@@ -59,6 +59,16 @@ def read_image(path, max_pixels: int = MAX_PIXELS):
                     "8 or 16 bits)")
 
 
+def header_bit_depth(path) -> int:
+    """16 for a 16-bit (or 32-bit integer) image file, else 8, read from the header alone."""
+    try:
+        with Image.open(path) as img:
+            return 16 if img.mode.startswith("I;16") or img.mode == "I" else 8
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError,
+            SyntaxError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from None
+
+
 def to_float01(pixels, bit_depth: int) -> np.ndarray:
     """uint pixels to float32 in [0, 1]: divided by 255 (8-bit) or 65535 (16-bit)."""
     return np.asarray(pixels, np.float32) / np.float32(2 ** bit_depth - 1)

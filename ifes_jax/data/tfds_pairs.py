@@ -1,8 +1,9 @@
 """A tensorflow-datasets builder for folders of infrared/visible pairs, without TensorFlow.
 
 Written for the TF-free corners of tfds: a `GeneratorBasedBuilder` with
-`file_format="array_record"`, a `DatasetInfo` built directly, images stored as zlib-compressed
-uint16 tensors (lossless for 8- and 16-bit files, gray or RGB), built with
+`file_format="array_record"`, a `DatasetInfo` built directly, images stored losslessly as
+tensors (uint8 where every file is 8-bit, else uint16; gray or RGB), zlib-compressed or raw
+(`compression`: raw is larger on disk and much faster to read), built with
 `download_and_prepare()` and read by random access (`as_data_source`). Records come back in
 storage order, not name order, so each keeps its pair's name.
 """
@@ -14,12 +15,14 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import shuffle as tfds_shuffle
 import tqdm
 
-from ifes_jax.data import layouts, pairs as pairs_lib
-from ifes_jax.errors import ConfigError
+from ifes_jax.data import images, layouts, pairs as pairs_lib
+from ifes_jax.errors import ConfigError, DataError
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"  # 1.1: uint8 storage for 8-bit folders, optional compression
+COMPRESSIONS = ("zlib", "none")
 
 
 class PairedFolderConfig(tfds.core.BuilderConfig):
@@ -27,13 +30,15 @@ class PairedFolderConfig(tfds.core.BuilderConfig):
     name is a fingerprint of all of that and of the files, so any change builds anew."""
 
     def __init__(self, *, source: str, splits: dict, mismatch: str, fingerprint: str,
-                 workers: int = 4):
+                 workers: int = 4, pixel_dtype: str = "uint16", compression: str = "zlib"):
         super().__init__(name=f"src_{fingerprint}", version=VERSION,
                          description=f"pairs of {source} (size mismatches: {mismatch})")
         self.source = source
         self.splits = splits
         self.mismatch = mismatch
         self.workers = workers
+        self.pixel_dtype = pixel_dtype
+        self.compression = compression
 
 
 class PairedFolder(tfds.core.GeneratorBasedBuilder):
@@ -49,11 +54,14 @@ class PairedFolder(tfds.core.GeneratorBasedBuilder):
         return None
 
     def _info(self) -> tfds.core.DatasetInfo:
-        image = tfds.features.Tensor(shape=(None, None, None), dtype=np.uint16, encoding="zlib")
+        config = self.builder_config
+        encoding = "zlib" if config.compression == "zlib" else "bytes"  # "bytes": raw, with its shape
+        image = tfds.features.Tensor(shape=(None, None, None), dtype=np.dtype(config.pixel_dtype),
+                                     encoding=encoding)
         return tfds.core.DatasetInfo(
             builder=self,
             description="Paired infrared/visible images; pixels as stored in the files "
-                        "(uint8 values kept in a uint16 tensor), channels 1 (gray) or 3 (RGB).",
+                        f"({config.pixel_dtype}), channels 1 (gray) or 3 (RGB).",
             features=tfds.features.FeaturesDict({
                 "name": tfds.features.Text(),
                 "ir": image,
@@ -76,15 +84,22 @@ class PairedFolder(tfds.core.GeneratorBasedBuilder):
             for pair, ((ir, ir_bits, ir_mode), (vis, vis_bits, vis_mode)) in _ordered_map(
                     pool, read, tqdm.tqdm(members, desc="decode", unit="pair",
                                           disable=len(members) < 100)):
+                dtype = self.builder_config.pixel_dtype
                 yield pair.name, {
-                    "name": pair.name, "ir": _channels(ir), "vis": _channels(vis),
+                    "name": pair.name, "ir": _channels(ir, dtype), "vis": _channels(vis, dtype),
                     "ir_mode": ir_mode, "vis_mode": vis_mode,
                     "ir_bit_depth": ir_bits, "vis_bit_depth": vis_bits,
                 }
 
 
-def _channels(x):
-    return (x[..., None] if x.ndim == 2 else x).astype(np.uint16)
+def _channels(x, dtype):
+    return (x[..., None] if x.ndim == 2 else x).astype(dtype)
+
+
+def _pixel_dtype(found) -> str:
+    """uint8 when every file of the pairs is 8-bit (read from the headers), else uint16."""
+    paths = (path for p in found for path in (p.ir_path, p.vis_path))
+    return "uint16" if any(images.header_bit_depth(path) == 16 for path in paths) else "uint8"
 
 
 def _ordered_map(pool, fn, items, ahead: int = 16):
@@ -126,14 +141,17 @@ def _splits(layout, *, train_list, train_fraction, mismatch, split_seed, log):
 def prepare(source, data_dir, *, train_list: str | None = None,
             train_fraction: float | None = None, mismatch: str = "error", split_seed: int = 0,
             ir_subdir: str | None = None, vis_subdir: str | None = None, workers: int = 4,
-            log=print) -> PairedFolder:
+            compression: str = "zlib", log=print) -> PairedFolder:
     """Validate the folder `source` (any layout `layouts` recognises; the one found is logged)
-    and build its dataset into `data_dir`, decoding with `workers` threads (cached: a second
-    call with the same files and options reads what is there). Returns the builder.
+    and build its dataset into `data_dir`, decoding with `workers` threads, its records
+    `compression` "zlib" or "none" (cached: a second call with the same files and options
+    reads what is there). Returns the builder.
 
     tfds builds into a temporary folder and renames it when complete, so a bad file (a
     one-line `DataError`) or an interruption leaves nothing behind, and a rerun builds anew.
     """
+    if compression not in COMPRESSIONS:
+        raise ConfigError(f"data.cache_compression must be one of {COMPRESSIONS}, got {compression!r}")
     source = os.path.abspath(os.fspath(source))
     layout = layouts.find_layout(source, ir_subdir, vis_subdir)
     log(f"layout of {layout.describe()}")
@@ -141,14 +159,24 @@ def prepare(source, data_dir, *, train_list: str | None = None,
                             mismatch=mismatch, split_seed=split_seed, log=log)
     key = pairs_lib.fingerprint(found, mismatch, layout.describe(),
                                 train_list and os.path.abspath(train_list),
-                                train_list and open(train_list).read(), train_fraction, split_seed)
+                                train_list and open(train_list).read(), train_fraction, split_seed,
+                                compression)
     config = PairedFolderConfig(source=source, splits=splits, mismatch=mismatch, fingerprint=key,
-                                workers=workers)
+                                workers=workers, pixel_dtype=_pixel_dtype(found),
+                                compression=compression)
     builder = PairedFolder(config=config, data_dir=os.fspath(data_dir), file_format="array_record")
     if not builder.is_prepared():
         tfds.disable_progress_bar()
         log(f"building the tfds dataset of {source} into {builder.data_dir}")
-        builder.download_and_prepare()
+        try:
+            builder.download_and_prepare()
+        except ModuleNotFoundError as exc:
+            if exc.name != "tensorflow":
+                raise
+            raise DataError(f"{source}: its records exceed the {tfds_shuffle.MAX_MEM_BUFFER_SIZE >> 20} "
+                            "MB that tfds writes from memory; beyond that tfds needs TensorFlow, "
+                            "which is not installed (zlib records, data.cache_compression=zlib, are "
+                            "smaller; or split the folder)") from None
     return builder
 
 
