@@ -4,7 +4,7 @@ tfds dataset in a fresh process (build seconds and disk per 1,000 pairs, that pr
 RSS), then read as training batches with and without grain worker processes (batches/s): once
 with zlib-compressed records (the default), once with raw ones (`data.cache_compression=none`).
 
-python scripts/benchmark_dataset.py [--pairs 150] [--height 1024 --width 1280] [--tiny]
+python scripts/benchmark_dataset.py [--pairs 200] [--height 1024 --width 1280] [--tiny]
 """
 import argparse
 import json
@@ -88,7 +88,7 @@ def _folder_mb(folder) -> float:
                for f in files) / 2 ** 20
 
 
-def rows(tiny: bool, pairs: int = 150, height: int = 1024, width: int = 1280, workers: int = 2):
+def rows(tiny: bool, pairs: int = 200, height: int = 1024, width: int = 1280, workers: int = 2):
     """The rows, measured in a child process on a folder written here."""
     if tiny:
         pairs, height, width = 4, 48, 64
@@ -107,7 +107,7 @@ def rows(tiny: bool, pairs: int = 150, height: int = 1024, width: int = 1280, wo
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pairs", type=int, default=150)
+    p.add_argument("--pairs", type=int, default=200)
     p.add_argument("--height", type=int, default=1024)
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--workers", type=int, default=2)

@@ -1,5 +1,6 @@
 """The tfds builder over pairs folders: real TNO / RoadScene data, splits, size policies, bad input."""
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -196,14 +197,20 @@ assert "tensorflow" not in sys.modules, "tensorflow was imported"
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_records_beyond_tfds_memory_buffer_are_one_line_not_a_traceback(tmp_path, monkeypatch):
-    """tfds spills records past its in-memory buffer (1 GB) through TensorFlow, which is not
-    installed: the build stops with one line naming the folder (the buffer shrunk to 1 kB here)."""
+def test_builds_stream_into_shards_past_tfds_memory_buffer(tmp_path, monkeypatch):
+    """tfds's own writer keeps a split in memory up to 1 GB and spills it through TensorFlow:
+    with that buffer shrunk to 1 kB and shards closed at 4 kB, the build still needs neither,
+    writes several shards and reads back every pair exactly, in name order."""
     from tensorflow_datasets.core import shuffle
     monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 1024)
-    root = _folder(tmp_path / "big", size=(40, 48))
-    with pytest.raises(DataError, match="needs TensorFlow") as caught:
-        tfds_pairs.prepare(root, str(tmp_path / "cache"), compression="none", log=lambda m: None)
-    assert root in str(caught.value) and "\n" not in str(caught.value)
-    assert not (tmp_path / "cache" / "paired_folder").exists() or not any(
-        (tmp_path / "cache" / "paired_folder").rglob("dataset_info.json"))
+    monkeypatch.setattr(tfds_pairs, "SHARD_BYTES", 4096)
+    names = [f"p{i}" for i in range(5)]
+    root = _folder(tmp_path / "big", names=names, size=(40, 48))  # ~3.9 kB per raw record
+    builder = tfds_pairs.prepare(root, str(tmp_path / "cache"), compression="none", log=lambda m: None)
+    split = builder.info.splits["train"]
+    assert split.num_examples == 5 and split.num_shards == 3 and split.shard_lengths == [2, 2, 1]
+    records = _records(builder)
+    assert [r["name"] for r in records] == names
+    for record in records:
+        np.testing.assert_array_equal(record["ir"], _pil_pixels(os.path.join(root, "ir", f"{record['name']}.png")))
+    assert not list(pathlib.Path(builder.data_dir).glob(".*part"))  # no half-named shard left

@@ -1,11 +1,12 @@
 """A tensorflow-datasets builder for folders of infrared/visible pairs, without TensorFlow.
 
 Written for the TF-free corners of tfds: a `GeneratorBasedBuilder` with
-`file_format="array_record"`, a `DatasetInfo` built directly, images stored losslessly as
+`file_format="array_record"` whose splits are streamed into shards as the pairs are decoded
+(bounded memory, no TensorFlow), a `DatasetInfo` built directly, images stored losslessly as
 tensors (uint8 where every file is 8-bit, else uint16; gray or RGB), zlib-compressed or raw
 (`compression`: raw is larger on disk and much faster to read), built with
-`download_and_prepare()` and read by random access (`as_data_source`). Records come back in
-storage order, not name order, so each keeps its pair's name.
+`download_and_prepare()` and read by random access (`as_data_source`). Each record keeps its
+pair's name.
 """
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core import shuffle as tfds_shuffle
 import tqdm
 
 from ifes_jax.data import images, layouts, pairs as pairs_lib
-from ifes_jax.errors import ConfigError, DataError
+from ifes_jax.errors import ConfigError
 
 VERSION = "1.1.0"  # 1.1: uint8 storage for 8-bit folders, optional compression
 COMPRESSIONS = ("zlib", "none")
+SHARD_BYTES = 1 << 30  # an array_record file is closed once it holds this many bytes
 
 
 class PairedFolderConfig(tfds.core.BuilderConfig):
@@ -76,6 +77,35 @@ class PairedFolder(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         return {split: self._generate_examples(members)
                 for split, members in self.builder_config.splits.items()}
+
+    def _generate_splits(self, dl_manager, download_config):
+        """Each split streamed into array_record shards as its pairs are decoded, in name
+        order: tfds's own writer holds a split in memory and needs TensorFlow past 1 GB."""
+        return [self._write_split(split, self._generate_examples(members))
+                for split, members in self.builder_config.splits.items()]
+
+    def _write_split(self, split, examples) -> tfds.core.SplitInfo:
+        from array_record.python.array_record_module import ArrayRecordWriter
+        from tensorflow_datasets.core import example_serializer
+        template = self._get_filename_template(split_name=split)
+        features = self.info.features
+        serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
+        shards, writer = [], None  # [path, examples, bytes] of every shard begun
+        try:
+            for _, example in examples:
+                data = serializer.serialize_example(features.encode_example(example))
+                if writer is None or shards[-1][2] >= SHARD_BYTES:
+                    writer and writer.close()
+                    shards.append([template.data_dir / f".{split}-{len(shards):05d}.part", 0, 0])
+                    writer = ArrayRecordWriter(os.fspath(shards[-1][0]), "group_size:1")
+                writer.write(data)
+                shards[-1][1:] = [shards[-1][1] + 1, shards[-1][2] + len(data)]
+        finally:
+            writer and writer.close()
+        for i, (path, _, _) in enumerate(shards):  # inside tfds's temporary folder until done
+            os.replace(path, template.sharded_filepath(shard_index=i, num_shards=len(shards)))
+        return tfds.core.SplitInfo(name=split, shard_lengths=[n for _, n, _ in shards],
+                                   num_bytes=sum(b for _, _, b in shards), filename_template=template)
 
     def _generate_examples(self, members):
         crop = self.builder_config.mismatch == "crop"
@@ -168,15 +198,7 @@ def prepare(source, data_dir, *, train_list: str | None = None,
     if not builder.is_prepared():
         tfds.disable_progress_bar()
         log(f"building the tfds dataset of {source} into {builder.data_dir}")
-        try:
-            builder.download_and_prepare()
-        except ModuleNotFoundError as exc:
-            if exc.name != "tensorflow":
-                raise
-            raise DataError(f"{source}: its records exceed the {tfds_shuffle.MAX_MEM_BUFFER_SIZE >> 20} "
-                            "MB that tfds writes from memory; beyond that tfds needs TensorFlow, "
-                            "which is not installed (zlib records, data.cache_compression=zlib, are "
-                            "smaller; or split the folder)") from None
+        builder.download_and_prepare()
     return builder
 
 
