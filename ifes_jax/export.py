@@ -32,9 +32,8 @@ import zipfile
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from ifes_jax import model as model_lib
+from ifes_jax import fuse, model as model_lib
 from ifes_jax.errors import InputError
 
 FORMAT = "ifes-jax export 1"
@@ -47,13 +46,6 @@ INPUT_NAMES = ("ir", "vis")
 
 def output_names(with_weights: bool) -> tuple[str, ...]:
     return ("fused", "weights") if with_weights else ("fused",)
-
-
-def params_sha256(params) -> str:
-    """SHA-256 of the parameters as float32 flax msgpack, the bytes `fuse.export` ships."""
-    from flax import serialization
-    params = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(params))
-    return hashlib.sha256(serialization.to_bytes(params)).hexdigest()
 
 
 def inference_function(fuser, dtype: str = "float32", with_weights: bool = True):
@@ -73,7 +65,7 @@ def inference_function(fuser, dtype: str = "float32", with_weights: bool = True)
 def metadata(fuser, dtype: str, with_weights: bool) -> dict:
     return {"format": FORMAT, "model": "IFESNet",
             "config": json.loads(fuser.config.to_json_best_effort()),
-            "params_sha256": params_sha256(fuser.params), "dtype": dtype,
+            "params_sha256": fuse.params_sha256(fuser.params), "dtype": dtype,
             "inputs": {name: "(batch, height, width, 1) float32 in [0, 1]" for name in INPUT_NAMES},
             "outputs": {"fused": "(batch, height, width, 1) float32",
                         "weights": "(batch, height, width, 2) float32: W1 (infrared), W2 (visible)"}
@@ -129,9 +121,7 @@ def export_onnx(fuser, path, *, dtype: str = "float32", with_weights: bool = Tru
         from jax2onnx import to_onnx
     except ImportError:
         raise InputError("ONNX export needs jax2onnx and onnx: pip install 'ifes-jax[export]'") from None
-    if dtype != "float32":  # ONNX's Conv takes float16/32/64 only
-        raise InputError(f"ONNX export computes in float32 only (ONNX's Conv has no {dtype}); "
-                         "use the StableHLO export for bfloat16")
+    check_onnx_dtype(dtype)
     fuse_pair = inference_function(fuser, dtype, with_weights)
     names = output_names(with_weights)
     with _quiet_jax2onnx():
@@ -142,6 +132,12 @@ def export_onnx(fuser, path, *, dtype: str = "float32", with_weights: bool = Tru
         proto.metadata_props.add(key=key, value=value if isinstance(value, str) else json.dumps(value))
     _write_atomic(path, lambda f: f.write(proto.SerializeToString()))
     return meta
+
+
+def check_onnx_dtype(dtype: str) -> None:
+    if dtype != "float32":  # ONNX's Conv takes float16/32/64 only
+        raise InputError(f"ONNX export computes in float32 only (ONNX's Conv has no {dtype}); "
+                         "use the StableHLO export for bfloat16")
 
 
 @contextlib.contextmanager

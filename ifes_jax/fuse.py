@@ -266,16 +266,27 @@ SHIPPED_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weig
 def export(fuser: Fuser, folder: str = SHIPPED_WEIGHTS) -> None:
     """Write a model's parameters (flax msgpack, float32) and config (JSON) into `folder`, the
     form in which weights ship inside the package."""
-    from flax import serialization
     os.makedirs(folder, exist_ok=True)
-    params = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(fuser.params))
     with open(os.path.join(folder, "params.msgpack"), "wb") as f:
-        f.write(serialization.to_bytes(params))
+        f.write(_params_bytes(fuser.params))
     with open(os.path.join(folder, "config.json"), "w") as f:
         f.write(fuser.config.to_json_best_effort(indent=2))
-    record = {"params_sha256": _sha256_file(os.path.join(folder, "params.msgpack"))}
+    record = {"params_sha256": params_sha256(fuser.params)}
     with open(os.path.join(folder, "checksum.json"), "w") as f:
         json.dump(record, f, indent=2)
+
+
+def _params_bytes(params) -> bytes:
+    """The parameters as float32 flax msgpack: the bytes of an exported params.msgpack."""
+    from flax import serialization
+    return serialization.to_bytes(
+        jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(params)))
+
+
+def params_sha256(params) -> str:
+    """SHA-256 of `_params_bytes`: the `params_sha256` of checksum.json and of the exports."""
+    import hashlib
+    return hashlib.sha256(_params_bytes(params)).hexdigest()
 
 
 def _sha256_file(path) -> str:

@@ -148,12 +148,11 @@ class _Encoder:
         self.stream.width, self.stream.height = width, height
         # 4:2:0 halves the chroma planes: odd sizes keep every pixel's colour in 4:4:4
         self.stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-        self.frame_class = av.VideoFrame
 
     def write(self, image01):
         pixels = to_uint(image01)
         fmt = "rgb24" if pixels.ndim == 3 else "gray"
-        frame = self.frame_class.from_ndarray(pixels, format=fmt).reformat(format=self.stream.pix_fmt)
+        frame = _av().VideoFrame.from_ndarray(pixels, format=fmt).reformat(format=self.stream.pix_fmt)
         self.container.mux(self.stream.encode(frame))
 
     def close(self):
@@ -247,20 +246,21 @@ def output_rate(ir: Stream, vis: Stream, fps=None) -> Fraction:
     return rate or Fraction(fps if fps is not None else DEFAULT_RATE).limit_denominator(1001)
 
 
-def fuse_videos(fuser, ir_path, vis_path, out_path, *, batch: int = 8, trim: bool = False,
+def fuse_videos(fuser, ir_source, vis_source, out_path, *, batch: int = 8, trim: bool = False,
                 save_weights: bool = False, smooth_weights: bool = False, fps=None,
                 overwrite: bool = False, codec: str = "libx264", progress: bool = True,
                 max_pixels: int = MAX_PIXELS) -> dict:
-    """Fuse two streams into the video `out_path` (its container from the extension), at the
-    visible stream's rate (a frame folder's: `fps`, default 25). Returns {"frames", "rate",
-    "ir", "vis"}. Nothing is left under the output names if anything fails."""
+    """Fuse two streams (paths, or the `Stream`s `probe` made of them) into the video
+    `out_path` (its container from the extension), at the visible stream's rate (a frame
+    folder's: `fps`, default 25). Returns {"frames", "rate", "ir", "vis"}. Nothing is left
+    under the output names if anything fails."""
     if not isinstance(batch, int) or batch < 1:
         raise InputError(f"batch must be a positive integer, got {batch!r}")
-    ir, vis = probe(ir_path), probe(vis_path)
+    ir, vis = (s if isinstance(s, Stream) else probe(s) for s in (ir_source, vis_source))
     count = check_streams(ir, vis, trim)
     rate = output_rate(ir, vis, fps)
     outputs = output_paths(out_path, save_weights)
-    fuse.check_outputs(outputs, [ir_path, vis_path], overwrite)
+    fuse.check_outputs(outputs, [ir.path, vis.path], overwrite)
     encoders, bar = [], _progress(count, progress)
     try:
         encoders = [_Encoder(p, ir.width, ir.height, rate, codec) for p in outputs]

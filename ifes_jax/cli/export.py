@@ -44,9 +44,9 @@ def main(argv=None):
     from ifes_jax.errors import InputError
     try:
         paths = {f: os.path.join(args.out, FILES[f]) for f in args.formats}
-        for path in paths.values():
-            if os.path.exists(path) and not args.overwrite:
-                raise InputError(f"{path}: exists (use --overwrite to replace it)")
+        fuse.check_outputs(list(paths.values()), [], args.overwrite)
+        if "onnx" in paths:
+            export.check_onnx_dtype(args.dtype)  # before anything is written
         fuser = fuse.load(args.checkpoint) if args.checkpoint else fuse.load_exported()
         options = dict(dtype=args.dtype, with_weights=not args.no_weights)
         for fmt, path in paths.items():

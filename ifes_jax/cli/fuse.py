@@ -140,7 +140,7 @@ def fuse_video(fuse, args):
     fuse.check_outputs(video.output_paths(args.out, args.save_weights),
                        [args.ir_video, args.vis_video], args.overwrite)
     fuser = load_model(fuse, args)
-    done = video.fuse_videos(fuser, args.ir_video, args.vis_video, args.out,
+    done = video.fuse_videos(fuser, ir, vis, args.out,  # the streams probed above
                              batch=video.default_batch() if args.batch is None else args.batch,
                              trim=args.trim, save_weights=args.save_weights,
                              smooth_weights=args.smooth_weights, fps=args.fps,

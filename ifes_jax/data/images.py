@@ -45,7 +45,7 @@ def read_image(path, max_pixels: int = MAX_PIXELS):
                 return np.asarray(img.convert("L"), np.uint8), 8, "gray"
             if mode in ("RGB", "RGBA"):
                 return np.asarray(img.convert("RGB"), np.uint8), 8, "rgb"
-            if mode.startswith("I;16") or mode == "I":
+            if _sixteen_bit(mode):
                 pixels = np.asarray(img)
                 if pixels.min() < 0 or pixels.max() > 65535:
                     raise DataError(f"{path}: 32-bit integer image with values outside 0..65535 "
@@ -59,11 +59,16 @@ def read_image(path, max_pixels: int = MAX_PIXELS):
                     "8 or 16 bits)")
 
 
+def _sixteen_bit(mode: str) -> bool:
+    """Pillow's modes of 16-bit (and 32-bit integer) gray images."""
+    return mode.startswith("I;16") or mode == "I"
+
+
 def header_bit_depth(path) -> int:
     """16 for a 16-bit (or 32-bit integer) image file, else 8, read from the header alone."""
     try:
         with Image.open(path) as img:
-            return 16 if img.mode.startswith("I;16") or img.mode == "I" else 8
+            return 16 if _sixteen_bit(img.mode) else 8
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError,
             SyntaxError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None

@@ -90,22 +90,27 @@ class PairedFolder(tfds.core.GeneratorBasedBuilder):
         template = self._get_filename_template(split_name=split)
         features = self.info.features
         serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
-        shards, writer = [], None  # [path, examples, bytes] of every shard begun
+        paths, lengths, sizes, writer = [], [], [], None  # one entry per shard begun
         try:
             for _, example in examples:
                 data = serializer.serialize_example(features.encode_example(example))
-                if writer is None or shards[-1][2] >= SHARD_BYTES:
-                    writer and writer.close()
-                    shards.append([template.data_dir / f".{split}-{len(shards):05d}.part", 0, 0])
-                    writer = ArrayRecordWriter(os.fspath(shards[-1][0]), "group_size:1")
+                if writer is None or sizes[-1] >= SHARD_BYTES:
+                    if writer is not None:
+                        writer.close()
+                    paths.append(template.data_dir / f".{split}-{len(paths):05d}.part")
+                    lengths.append(0)
+                    sizes.append(0)
+                    writer = ArrayRecordWriter(os.fspath(paths[-1]), "group_size:1")
                 writer.write(data)
-                shards[-1][1:] = [shards[-1][1] + 1, shards[-1][2] + len(data)]
+                lengths[-1] += 1
+                sizes[-1] += len(data)
         finally:
-            writer and writer.close()
-        for i, (path, _, _) in enumerate(shards):  # inside tfds's temporary folder until done
-            os.replace(path, template.sharded_filepath(shard_index=i, num_shards=len(shards)))
-        return tfds.core.SplitInfo(name=split, shard_lengths=[n for _, n, _ in shards],
-                                   num_bytes=sum(b for _, _, b in shards), filename_template=template)
+            if writer is not None:
+                writer.close()
+        for i, path in enumerate(paths):  # inside tfds's temporary folder until done
+            os.replace(path, template.sharded_filepath(shard_index=i, num_shards=len(paths)))
+        return tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=sum(sizes),
+                                   filename_template=template)
 
     def _generate_examples(self, members):
         crop = self.builder_config.mismatch == "crop"
