@@ -1,8 +1,9 @@
 """Evaluation: a paper-style table (rows: metrics; columns: methods) over a folder of pairs.
 
 Methods are the classical baselines (`average`, `max`, `laplacian`, `target`), a trained model
-(`ckpt:PATH`: a workdir, a checkpoint folder or a folder of exported weights) or fused images
-made by any other tool (`dir:PATH`, matched to the pairs by file name). The methods fuse the gray
+(`ckpt:PATH`: a workdir, a checkpoint folder or a folder of exported weights; `ckpt-minmax:PATH`:
+its output min-max stretched per image, as `fuse.py --normalize minmax` writes it) or fused
+images made by any other tool (`dir:PATH`, matched to the pairs by file name). The methods fuse the gray
 infrared image with the visible image's BT.601 Y; the profile (`profiles`) decides how the images
 are scored: gray (`paper`, `default`), per RGB channel with the fused Y recoloured by the visible
 image's chroma (`vifb`), or gray as OpenCV reads it (`cddfuse`). Writes `table.md`,
@@ -29,7 +30,7 @@ from ifes_jax.errors import ConfigError, DataError, InputError
 @dataclasses.dataclass
 class Method:
     label: str
-    kind: str  # baseline | ckpt | dir
+    kind: str  # baseline | ckpt | ckpt-minmax | dir
     arg: str = ""
 
 
@@ -41,14 +42,15 @@ def parse_methods(spec: str) -> list[Method]:
         if not arg:
             if item not in baselines.BASELINES:
                 raise ConfigError(f"unknown method {item!r}: use {', '.join(baselines.BASELINES)}, "
-                                  "ckpt:PATH or dir:PATH")
+                                  "ckpt:PATH, ckpt-minmax:PATH or dir:PATH")
             methods.append(Method(item, "baseline", item))
-        elif kind in ("ckpt", "dir"):
+        elif kind in ("ckpt", "ckpt-minmax", "dir"):
             if not os.path.exists(arg):
-                raise InputError(f"{arg}: no such {'checkpoint' if kind == 'ckpt' else 'folder'} "
+                raise InputError(f"{arg}: no such {'folder' if kind == 'dir' else 'checkpoint'} "
                                  f"(method {item})")
             label = os.path.basename(os.path.normpath(arg)) or arg
-            methods.append(Method(label if kind == "dir" else f"ours ({label})", kind, arg))
+            labels = {"dir": label, "ckpt": f"ours ({label})", "ckpt-minmax": f"ours ({label}, min-max)"}
+            methods.append(Method(labels[kind], kind, arg))
         else:
             raise ConfigError(f"unknown method {item!r}")
     if not methods:
@@ -135,11 +137,13 @@ class Runner:
         `profile` scores it."""
         if method.kind == "baseline":
             return np.asarray(self._baselines[method.arg](ir, vis)), None
-        if method.kind == "ckpt":
+        if method.kind in ("ckpt", "ckpt-minmax"):
+            from ifes_jax import fuse as fuse_lib
             if method.arg not in self._models:
-                from ifes_jax import fuse as fuse_lib
                 self._models[method.arg] = fuse_lib.load(method.arg)
             out = self._models[method.arg](ir, vis)
+            if method.kind == "ckpt-minmax":
+                return fuse_lib.minmax_stretch(out["fused"]), out["weights"]
             return out["fused"], out["weights"]
         path = _find_fused(method.arg, name)
         pixels, bits, _ = read_image(path, self.max_pixels)

@@ -172,21 +172,36 @@ def abstract_params(net: model_lib.IFESNet):
     return jax.eval_shape(net.init, jax.random.key(0), x, x)["params"]
 
 
-def fuse_color(fuser: Fuser, ir, vis, *, smooth_weights: bool = False):
+NORMALIZATIONS = ("none", "minmax")
+
+
+def minmax_stretch(image):
+    """Stretch an image's values to fill [0, 1]: (x − min) / (max − min), as CDDFuse's test
+    script does to every fused image before saving it. A flat image is returned as it is."""
+    lo, hi = float(np.min(image)), float(np.max(image))
+    return image if hi <= lo else (image - lo) / (hi - lo)
+
+
+def fuse_color(fuser: Fuser, ir, vis, *, smooth_weights: bool = False, normalize: str = "none"):
     """Fuse float images in [0, 1] of any colour: ir (H, W) (an (H, W, 3) infrared image is
     reduced to its Y), vis (H, W) or (H, W, 3). A colour visible image is fused on its BT.601 Y;
-    its Cb/Cr are kept and the result is converted back to RGB. Returns {"fused": (H, W) or
-    (H, W, 3), "weights": (H, W, 2)}."""
+    its Cb/Cr are kept and the result is converted back to RGB. `normalize="minmax"` stretches
+    the fused gray image (or Y) to [0, 1] (`minmax_stretch`; off by default: the paper's model
+    outputs eq. 4 as it is). Returns {"fused": (H, W) or (H, W, 3), "weights": (H, W, 2)}."""
+    if normalize not in NORMALIZATIONS:
+        raise InputError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
     ir, vis = np.asarray(ir, np.float32), np.asarray(vis, np.float32)
     ir = luma(ir)
     if ir.shape != vis.shape[:2]:
         raise InputError(f"infrared {ir.shape[1]}x{ir.shape[0]} and visible "
                          f"{vis.shape[1]}x{vis.shape[0]} sizes differ")
+    stretch = minmax_stretch if normalize == "minmax" else (lambda image: image)
     if vis.ndim == 2:
-        return fuser(ir, vis, smooth_weights=smooth_weights)
+        out = fuser(ir, vis, smooth_weights=smooth_weights)
+        return dict(out, fused=stretch(out["fused"]))
     ycbcr = rgb_to_ycbcr(vis)
     out = fuser(ir, ycbcr[..., 0], smooth_weights=smooth_weights)
-    rgb = ycbcr_to_rgb(np.concatenate([out["fused"][..., None], ycbcr[..., 1:]], axis=-1))
+    rgb = ycbcr_to_rgb(np.concatenate([stretch(out["fused"])[..., None], ycbcr[..., 1:]], axis=-1))
     return {"fused": np.clip(rgb, 0.0, 1.0), "weights": out["weights"]}
 
 
@@ -231,7 +246,7 @@ def check_outputs(outputs, inputs, overwrite: bool = False):
 
 def fuse_files(fuser: Fuser, ir_path, vis_path, out_path, *, bit_depth: int = 8,
                save_weights: bool = False, smooth_weights: bool = False, overwrite: bool = False,
-               max_pixels: int = MAX_PIXELS):
+               max_pixels: int = MAX_PIXELS, normalize: str = "none"):
     """Fuse two image files into `out_path` (PNG; the weight maps beside it as
     NAME_weight_ir.png / NAME_weight_vis.png). Every output is checked first (`check_outputs`),
     every file is written under a temporary name and renamed, and if one fails the others
@@ -239,7 +254,7 @@ def fuse_files(fuser: Fuser, ir_path, vis_path, out_path, *, bit_depth: int = 8,
     outputs = output_paths(out_path, save_weights)
     check_outputs(outputs, [ir_path, vis_path], overwrite)
     ir, vis, _ = read_pair_files(ir_path, vis_path, max_pixels)
-    out = fuse_color(fuser, ir, vis, smooth_weights=smooth_weights)
+    out = fuse_color(fuser, ir, vis, smooth_weights=smooth_weights, normalize=normalize)
     if bit_depth == 16 and out["fused"].ndim == 3:
         raise InputError(f"{vis_path}: 16-bit output is written for gray images only")
     images = [out["fused"], np.clip(out["weights"][..., 0], 0, 1), np.clip(out["weights"][..., 1], 0, 1)]

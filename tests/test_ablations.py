@@ -38,3 +38,24 @@ def test_unknown_override_is_a_one_line_error(tmp_path):
     result = _run(["--workdir", str(tmp_path), "--set", "train.no_such_field=3"])
     assert result.returncode != 0 and "bad override" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_every_fidelity_candidate_is_a_valid_config_and_validates_off_the_test_sets():
+    from ifes_jax import config_check
+    from ifes_jax.cli import ablations
+    base = os.path.join(ROOT, "configs", "fidelity.py")
+    for name, overrides in ablations.FIDELITY.items():
+        config = ablations.load_config(base, overrides)
+        config_check.check(config)
+        for key, value in overrides.items():
+            section, field = key.split(".") if "." in key else (None, key)
+            assert (config[section][field] if section else config[field]) == value, (name, key)
+    # the 18 validation pairs are training pairs of tno_cpu, none of them in INFV-20/INFV-41
+    tno = os.path.join(ROOT, "..", "shared", "data", "tno-full")
+    lists = os.path.join(ROOT, "configs", "lists")
+    names = {f: set(open(os.path.join(d, f)).read().split()) for d, f in (
+        (lists, "tno-fidelity-train.txt"), (lists, "tno-fidelity-val.txt"),
+        (tno, "train-pairs.txt"), (tno, "test-overlap-pairs.txt"))}
+    train, val = names["tno-fidelity-train.txt"], names["tno-fidelity-val.txt"]
+    assert len(val) == 18 and not train & val and train | val == names["train-pairs.txt"]
+    assert not val & names["test-overlap-pairs.txt"]

@@ -248,3 +248,37 @@ def test_fusing_never_imports_the_trainer(tmp_path, workdir):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "f.png").exists()
+
+
+def _stretched(image):  # CDDFuse's saving step, in numpy
+    return (image - image.min()) / (image.max() - image.min())
+
+
+def test_normalize_minmax_stretches_each_fused_image_and_is_off_by_default(tmp_path, workdir, fuser):
+    ir_path, vis_path = _pair_files(tmp_path, seed=3)
+    out = tmp_path / "stretched.png"
+    result = _cli("--checkpoint", workdir, "--ir", ir_path, "--vis", vis_path, "--out", str(out),
+                  "--normalize", "minmax")
+    assert result.returncode == 0, result.stderr[-2000:]
+    plain = fuser(np.asarray(Image.open(ir_path)) / 255.0, np.asarray(Image.open(vis_path)) / 255.0)["fused"]
+    written = np.asarray(Image.open(out))
+    np.testing.assert_array_equal(written, np.rint(_stretched(plain) * 255))
+    assert written.min() == 0 and written.max() == 255
+    assert plain.min() > 0.5 / 255 or plain.max() < 254.5 / 255  # so the default is not stretched
+    # evaluate's ckpt-minmax method scores the same stretched image; ckpt scores it as fused
+    from ifes_jax import evaluate
+    methods = evaluate.parse_methods(f"ckpt:{workdir},ckpt-minmax:{workdir}")
+    assert [m.label for m in methods] == [f"ours ({os.path.basename(workdir)})",
+                                          f"ours ({os.path.basename(workdir)}, min-max)"]
+    runner = evaluate.Runner(methods)
+    ir, vis = np.asarray(Image.open(ir_path)) / 255.0, np.asarray(Image.open(vis_path)) / 255.0
+    as_fused, _ = runner.fuse(methods[0], "a", ir, vis)
+    stretched, _ = runner.fuse(methods[1], "a", ir, vis)
+    np.testing.assert_allclose(as_fused, plain, atol=1e-6)
+    np.testing.assert_allclose(stretched, _stretched(plain), atol=1e-6)
+    # a flat image has no range to stretch; videos are not stretched frame by frame
+    flat = np.full((5, 6), 0.25, np.float32)
+    np.testing.assert_array_equal(fuse.minmax_stretch(flat), flat)
+    refused = _cli("--checkpoint", workdir, "--ir-video", str(tmp_path), "--vis-video", str(tmp_path),
+                   "--out", str(tmp_path / "v.mp4"), "--normalize", "minmax")
+    assert refused.returncode != 0 and "--normalize is for images" in refused.stderr

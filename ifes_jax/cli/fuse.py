@@ -44,6 +44,9 @@ def parse_args(argv=None):
     p.add_argument("--save-weights", action="store_true", help="also write the two weight maps")
     p.add_argument("--smooth-weights", action="store_true",
                    help="smooth the weight maps with a 5x5 Gaussian of variance 2 before fusing")
+    p.add_argument("--normalize", choices=["none", "minmax"], default="none",
+                   help="images: minmax stretches each fused image to the full range, as "
+                        "CDDFuse's test script does before saving (default: none, eq. 4 as it is)")
     p.add_argument("--bit-depth", type=int, choices=[8, 16], default=8, help="output bit depth")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--skip-bad", action="store_true",
@@ -118,7 +121,7 @@ def _check_device(device):
 def _options(args):
     return dict(bit_depth=args.bit_depth, save_weights=args.save_weights,
                 smooth_weights=args.smooth_weights, overwrite=args.overwrite,
-                max_pixels=args.max_pixels)
+                max_pixels=args.max_pixels, normalize=args.normalize)
 
 
 def fuse_one(fuse, args):
@@ -134,6 +137,8 @@ def fuse_video(fuse, args):
     from ifes_jax.errors import InputError
     if args.bit_depth != 8:
         raise InputError("--bit-depth 16 is for images: videos are written in 8 bits")
+    if args.normalize != "none":  # a per-frame stretch would make the video flicker
+        raise InputError("--normalize is for images: video frames are written as fused")
     ir, vis = video.probe(args.ir_video), video.probe(args.vis_video)
     video.check_streams(ir, vis, args.trim)
     video.output_rate(ir, vis, args.fps)  # checked before the model loads
