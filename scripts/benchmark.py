@@ -250,7 +250,7 @@ def train_cases(tiny, gpu):
         for name, (cfg, crop, batch) in cases.items():
             small = quickstart.get_config()
             small.half_precision, small.model.remat = cfg.half_precision, cfg.model.remat
-            cases[name] = (small, 16, min(batch, 2))
+            cases[name] = (small, 16, 1)  # cases differing only in size share a program
     return cases
 
 
