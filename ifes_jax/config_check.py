@@ -20,7 +20,7 @@ CHOICES = {
     "optim.schedule": ("constant", "warmup_constant", "warmup_cosine"),
     "optim.weight_decay_mode": ("l2", "decoupled"),
     "data.mismatch": pairs.MISMATCH_POLICIES,
-    "data.cache_compression": ("zlib", "none"),
+    "data.cache_compression": ("zstd", "none"),
     "data.small_images": pipeline.SMALL_IMAGE_POLICIES,
     "train.parallel": parallel.KINDS,
     "train.nonfinite": ("stop", "skip"),
@@ -31,7 +31,7 @@ POSITIVE_INTEGERS = ("data.crop_size", "data.synthetic_pairs", "data.synthetic_s
                      "data.val_size", "data.val_pairs", "loss.window_size", "train.batch_size",
                      "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
                      "train.sample_every", "train.num_samples", "train.sample_size",
-                     "data.decode_workers")
+                     "data.decode_workers", "data.cache_tile", "data.read_threads")
 NON_NEGATIVE_INTEGERS = ("train.steps", "train.keep_best", "optim.warmup_steps", "data.prefetch",
                          "data.workers",
                          "data.split_seed", "seed")

@@ -220,7 +220,7 @@ def make_source(config, *, folder=None, split=None, train_list=None):
         train_list=data.train_list if train_list is None else train_list,
         train_fraction=data.train_fraction, mismatch=data.mismatch, split_seed=data.split_seed,
         ir_subdir=data.ir_subdir, vis_subdir=data.vis_subdir, workers=data.decode_workers,
-        compression=data.cache_compression)
+        compression=data.cache_compression, tile=data.cache_tile)
     return pipeline.tfds_source(builder, data.split if split is None else split)
 
 
@@ -346,7 +346,8 @@ def setup(run: Run):
     single_host_mesh = cfg_train.parallel == "shard_map" and jax.process_count() == 1
     run.data_iter = pipeline.iterator(dataset, device=run.runner.batch_sharding if single_host_mesh else None,
                                       prefetch=config.data.prefetch,
-                                      workers=config.data.workers)
+                                      workers=config.data.workers,
+                                      read_threads=config.data.read_threads)
     run.mngr = checkpoint.manager(os.path.join(run.workdir, "checkpoints"),
                                   keep=cfg_train.keep_checkpoints, keep_best=cfg_train.keep_best)
     run.fuse = fuse_fn(run.state.apply_fn)

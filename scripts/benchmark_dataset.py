@@ -2,7 +2,8 @@
 folder in LLVIP's layout (infrared/train/, visible/train/, JPEG, colour visible) is built into a
 tfds dataset in a fresh process (build seconds and disk per 1,000 pairs, that process's peak
 RSS), then read as training batches with and without grain worker processes (batches/s): once
-with zlib-compressed records (the default), once with raw ones (`data.cache_compression=none`).
+with zstd-compressed records (the default), once with raw ones (`data.cache_compression=none`).
+Records are tiles of `data.cache_tile` (128) pixels, so a crop reads only the tiles under it.
 
 python scripts/benchmark_dataset.py [--pairs 200] [--height 1024 --width 1280] [--tiny]
 """
@@ -39,10 +40,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def batches_per_second(source, crop: int, batch: int, workers: int, count: int) -> float:
+def batches_per_second(source, crop: int, batch: int, workers: int, threads: int,
+                       count: int) -> float:
     from ifes_jax.data import pipeline
     ds = pipeline.training_dataset(source, seed=0, batch_size=batch, crop=crop)
-    it = pipeline.iterator(ds, workers=workers)
+    it = pipeline.iterator(ds, workers=workers, read_threads=threads)
     for _ in range(2 + workers):  # worker start-up is not counted
         next(it)
     start = time.perf_counter()
@@ -54,7 +56,7 @@ def batches_per_second(source, crop: int, batch: int, workers: int, count: int) 
 
 
 def measure(folder, cache, crop, batch, workers, count):
-    """In this (fresh) process: build, then read, with zlib-compressed and with raw records.
+    """In this (fresh) process: build, then read, with zstd-compressed and with raw records.
     Returns the rows."""
     from absl import flags
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
@@ -68,16 +70,18 @@ def measure(folder, cache, crop, batch, workers, count):
         builder = tfds_pairs.prepare(folder, cache, compression=compression, log=lambda msg: None)
         build_s = time.perf_counter() - start
         rows.append({"case": f"dataset build, {pairs} pairs {size[0]}x{size[1]} JPEG, "
-                             f"records {compression}",
+                             f"records {compression}, tiles {tfds_pairs.TILE}",
                      "kind": "input pipeline", "seconds": build_s,
                      "seconds_per_1000_pairs": build_s * 1000 / pairs,
                      "disk_mb_per_1000_pairs": _folder_mb(builder.data_dir) * 1000 / pairs,
                      "host_peak_rss_mb": peak_rss_mb(), "rss_before_build_mb": before})
         source = pipeline.tfds_source(builder)
-        for n in sorted({0, workers}):
-            rate = batches_per_second(source, crop, batch, n, count)
+        # the default (2 read threads), grain's default of 16 threads, and worker processes
+        for n, threads in dict.fromkeys([(0, 2), (0, 16), (workers, 2)]):
+            rate = batches_per_second(source, crop, batch, n, threads, count)
             rows.append({"case": f"dataset read {crop}² x {batch}, records {compression}, "
-                                 f"{n} worker processes",
+                                 f"tiles {tfds_pairs.TILE}, {n} worker processes x "
+                                 f"{threads} threads",
                          "kind": "input pipeline", "seconds": 1 / rate, "batches_per_s": rate,
                          "host_peak_rss_mb": peak_rss_mb()})
     return rows

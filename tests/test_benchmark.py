@@ -21,7 +21,7 @@ def test_every_benchmark_case_runs_once(tmp_path):
     kinds = [r["kind"] for r in rows]
     assert kinds.count("train step") == 7 and kinds.count("inference") == 7
     assert kinds.count("deployment") == 4 and any("frames_per_s" in r for r in rows)
-    assert kinds.count("loss (value + grad)") == 2 and kinds.count("input pipeline") == 2 + 2 * 3
+    assert kinds.count("loss (value + grad)") == 2 and kinds.count("input pipeline") == 2 + 2 * 4
     from ifes_jax.cpu import native
     conv_paths = 3 if native.unavailable() is None else 2  # YNNPACK, XLA, oneDNN
     profiles_timed = [r["case"].split(", ")[-1] for r in rows if r["kind"] == "metrics per pair"]

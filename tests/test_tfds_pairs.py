@@ -23,7 +23,7 @@ def cache(tmp_path_factory):
 
 def _records(builder, split="train"):
     src = tfds_pairs.data_source(builder, split)
-    return [tfds_pairs.decode_record(src[i]) for i in range(len(src))]
+    return [src[i] for i in range(len(src))]
 
 
 def _pil_pixels(path):
@@ -58,12 +58,12 @@ def test_tno_full_size_mismatch_policies_and_train_list(cache):
     assert "\n" not in message
     assert "triclobs_Marne_15" in message and "triclobs_Movie_24" in message
     skipped = tfds_pairs.prepare(folder, cache, mismatch="skip", log=lambda msg: None)
-    assert skipped.info.splits["train"].num_examples == 127
+    assert len(tfds_pairs.data_source(skipped, "train")) == 127
     train_list = os.path.join(folder, "train-pairs.txt")
     listed = tfds_pairs.prepare(folder, cache, mismatch="crop", train_list=train_list)
     names = {r["name"] for r in _records(listed, "train")}
     assert names == set(pairs.read_name_list(train_list)) and len(names) == 89
-    assert listed.info.splits["test"].num_examples == 129 - 89
+    assert len(tfds_pairs.data_source(listed, "test")) == 129 - 89
 
 
 def _write(path, array, mode=None):
@@ -138,14 +138,16 @@ def test_sixteen_bit_rgba_and_crop_policy(tmp_path, cache):
 
 def test_storage_is_uint8_for_8_bit_folders_and_raw_records_read_the_same(tmp_path, cache):
     root = _folder(tmp_path / "eight")
-    zlib = tfds_pairs.prepare(root, cache)
+    zstd = tfds_pairs.prepare(root, cache)
     raw = tfds_pairs.prepare(root, cache, compression="none")
-    assert zlib.data_dir != raw.data_dir  # two datasets, one per option
-    for builder, encoding in ((zlib, "zlib"), (raw, "bytes")):
-        feature = builder.info.features["ir"]
-        assert feature.np_dtype == np.uint8 and feature._encoding.value == encoding
+    assert zstd.data_dir != raw.data_dir  # two datasets, one per option
+    from array_record.python.array_record_module import ArrayRecordReader
+    for builder, compression in ((zstd, "zstd:3"), (raw, "uncompressed")):
+        assert builder.info.features["ir"].np_dtype == np.uint8
+        (path,) = pathlib.Path(builder.data_dir).glob("*.array_record*")
+        assert compression in ArrayRecordReader(str(path)).writer_options_string().split(",")
     by_name = lambda builder: sorted(_records(builder), key=lambda r: r["name"])  # storage order
-    for a, b, name in zip(by_name(zlib), by_name(raw), ("a", "b")):
+    for a, b, name in zip(by_name(zstd), by_name(raw), ("a", "b")):
         want = _pil_pixels(os.path.join(root, "ir", f"{name}.png"))
         assert a["name"] == b["name"] == name and a["ir"].dtype == np.uint8
         np.testing.assert_array_equal(a["ir"], want)
@@ -214,3 +216,47 @@ def test_builds_stream_into_shards_past_tfds_memory_buffer(tmp_path, monkeypatch
     for record in records:
         np.testing.assert_array_equal(record["ir"], _pil_pixels(os.path.join(root, "ir", f"{record['name']}.png")))
     assert not list(pathlib.Path(builder.data_dir).glob(".*part"))  # no half-named shard left
+
+
+class _CountingTiles:
+    """A tile source that records which tiles were read."""
+
+    def __init__(self, tiles):
+        self.tiles, self.read = tiles, []
+
+    def __getitem__(self, key):
+        self.read.append(key)
+        return self.tiles[key]
+
+
+def test_records_are_tiles_and_a_window_reads_only_the_tiles_under_it(tmp_path, cache):
+    """Pairs of 40x48 (gray IR, RGB visible) in 16x16 tiles: 3 x 3 records each (the last row
+    and column 8 and 0 pixels short); every window equals the same slice of the files' pixels
+    and reads exactly the tiles it overlaps."""
+    root = tmp_path / "tiled"
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        _write(root / "ir" / f"{name}.png", rng.integers(0, 256, (40, 48), dtype=np.uint8))
+        _write(root / "vis" / f"{name}.png", rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    builder = tfds_pairs.prepare(str(root), cache, tile=16, log=lambda msg: None)
+    assert builder.info.splits["train"].num_examples == 2 * 3 * 3
+    pairs = tfds_pairs.data_source(builder)
+    pairs._tiles = counting = _CountingTiles(pairs._tiles)
+    assert len(pairs) == 2 and pairs.size(1) == (40, 48)
+    for index, name in enumerate(("a", "b")):
+        ir = _pil_pixels(root / "ir" / f"{name}.png")
+        vis = _pil_pixels(root / "vis" / f"{name}.png")
+        whole = pairs[index]
+        assert whole["name"] == name and whole["vis_mode"] == "rgb" and whole["ir_bit_depth"] == 8
+        np.testing.assert_array_equal(whole["ir"], ir)
+        np.testing.assert_array_equal(whole["vis"], vis)
+        for top, left, height, width in [(0, 0, 16, 16), (5, 7, 20, 30), (31, 40, 16, 16),
+                                         (20, 10, 50, 50), (39, 47, 1, 1)]:
+            counting.read = []
+            window = pairs.window(index, top, left, height, width)
+            np.testing.assert_array_equal(window["ir"], ir[top:top + height, left:left + width])
+            np.testing.assert_array_equal(window["vis"], vis[top:top + height, left:left + width])
+            bottom, right = min(top + height, 40) - 1, min(left + width, 48) - 1
+            under = {index * 9 + r * 3 + c for r in range(top // 16, bottom // 16 + 1)
+                     for c in range(left // 16, right // 16 + 1)}
+            assert sorted(counting.read) == sorted(under)

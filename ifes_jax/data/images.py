@@ -99,7 +99,10 @@ def ycbcr_to_rgb(ycbcr):
 def luma(image01):
     """The gray image of an (H, W) or (H, W, 3) float image: itself, or BT.601 Y."""
     image01 = np.asarray(image01, np.float32)
-    return image01 if image01.ndim == 2 else rgb_to_ycbcr(image01)[..., 0]
+    if image01.ndim == 2:
+        return image01
+    r, g, b = image01[..., 0], image01[..., 1], image01[..., 2]
+    return 0.299 * r + 0.587 * g + 0.114 * b  # rgb_to_ycbcr's Y, without Cb and Cr
 
 
 def to_uint(image01, bit_depth: int = 8) -> np.ndarray:

@@ -2,11 +2,13 @@
 both sources with flips and 90° rotations, float [0, 1] gray images (a colour visible image is
 reduced to its BT.601 Y), batches, and a prefetch onto the device.
 
-Sources are random-access sequences of records, the layout `tfds_pairs.decode_record` returns:
-{"name", "ir", "vis" (uint (H, W) or (H, W, 3)), "ir_mode", "vis_mode", "ir_bit_depth",
-"vis_bit_depth"}. A tfds split of a pairs folder and the built-in synthetic pairs are two such
-sources. Batch k of the dataset is a pure function of (seed, k), and the iterator's state is
-its next index, so a resumed run continues with exactly the next batch.
+Sources are random-access sequences of records in one layout: {"name", "ir", "vis" (uint
+(H, W) or (H, W, 3)), "ir_mode", "vis_mode", "ir_bit_depth", "vis_bit_depth"}, which also give
+a pair's `size(i)` and a `window(i, top, left, height, width)` of it: a crop reads only its
+window. A tfds split of a pairs folder (`tfds_pairs.TiledPairs`, read tile by tile) and the
+built-in synthetic pairs (`RecordSource`) are two such sources. Batch k of the dataset is a
+pure function of (seed, k), and the iterator's state is its next index, so a resumed run
+continues with exactly the next batch.
 """
 from __future__ import annotations
 
@@ -24,18 +26,24 @@ SMALL_IMAGE_POLICIES = ("pad", "skip")
 
 
 class RecordSource:
-    """A random-access source that hands out records in the common layout."""
+    """A random-access source of records in the common layout, held whole (a list of them)."""
 
-    def __init__(self, records_or_source, decode=None):
-        self._source = records_or_source
-        self._decode = decode
+    def __init__(self, records):
+        self._records = records
 
     def __len__(self):
-        return len(self._source)
+        return len(self._records)
 
     def __getitem__(self, index):
-        record = self._source[index]
-        return self._decode(record) if self._decode else record
+        return self._records[index]
+
+    def size(self, index) -> tuple[int, int]:
+        return self._records[index]["ir"].shape[:2]
+
+    def window(self, index, top: int, left: int, height: int, width: int) -> dict:
+        record = self._records[index]
+        window = (slice(top, top + height), slice(left, left + width))
+        return record | {"ir": record["ir"][window], "vis": record["vis"][window]}
 
 
 def synthetic_source(seed: int, count: int, size: int) -> RecordSource:
@@ -50,10 +58,10 @@ def synthetic_source(seed: int, count: int, size: int) -> RecordSource:
     return RecordSource(records)
 
 
-def tfds_source(builder, split: str = "train") -> RecordSource:
-    """The records of a split of a `tfds_pairs.PairedFolder` dataset."""
+def tfds_source(builder, split: str = "train"):
+    """The pairs of a split of a `tfds_pairs.PairedFolder` dataset (a `TiledPairs`)."""
     from ifes_jax.data import tfds_pairs  # tfds is only imported when a folder is used
-    return RecordSource(tfds_pairs.data_source(builder, split), tfds_pairs.decode_record)
+    return tfds_pairs.data_source(builder, split)
 
 
 def gray_float(pixels, bit_depth: int) -> np.ndarray:
@@ -61,18 +69,17 @@ def gray_float(pixels, bit_depth: int) -> np.ndarray:
     return luma(to_float01(pixels, bit_depth))
 
 
-def crop_pair(record, rng: np.random.Generator, crop: int, *, flips: bool = True,
+def crop_pair(source, index: int, rng: np.random.Generator, crop: int, *, flips: bool = True,
               rotations: bool = True):
-    """A `crop` x `crop` crop at the same random position in both sources, the same random
-    flips and 90° rotation, as float32 gray images. Images smaller than the crop are padded
-    by reflection."""
-    ir, vis = record["ir"], record["vis"]
-    height, width = ir.shape[:2]
-    top = rng.integers(max(height - crop, 0) + 1)
-    left = rng.integers(max(width - crop, 0) + 1)
-    window = (slice(top, top + crop), slice(left, left + crop))
-    ir = gray_float(ir[window], record["ir_bit_depth"])
-    vis = gray_float(vis[window], record["vis_bit_depth"])
+    """A `crop` x `crop` crop of pair `index` of `source` at the same random position in both
+    images (read alone: `source.window`), the same random flips and 90° rotation, as float32
+    gray images. Images smaller than the crop are padded by reflection."""
+    height, width = source.size(index)
+    top = int(rng.integers(max(height - crop, 0) + 1))
+    left = int(rng.integers(max(width - crop, 0) + 1))
+    record = source.window(index, top, left, crop, crop)
+    ir = gray_float(record["ir"], record["ir_bit_depth"])
+    vis = gray_float(record["vis"], record["vis_bit_depth"])
     if ir.shape != (crop, crop):
         pad = ((0, crop - ir.shape[0]), (0, crop - ir.shape[1]))
         ir, vis = np.pad(ir, pad, mode="reflect"), np.pad(vis, pad, mode="reflect")
@@ -99,8 +106,8 @@ def centre_crop(record, size: int):
 
 
 def large_enough(source, crop: int) -> list[int]:
-    """Indices of the records at least `crop` x `crop` (reads every record once)."""
-    return [i for i in range(len(source)) if min(source[i]["ir"].shape[:2]) >= crop]
+    """Indices of the pairs at least `crop` x `crop`."""
+    return [i for i in range(len(source)) if min(source.size(i)) >= crop]
 
 
 def parse_mixture(spec: str) -> list[tuple[str, float]]:
@@ -121,9 +128,10 @@ def parse_mixture(spec: str) -> list[tuple[str, float]]:
     return mixture
 
 
-def _epochs(source, *, seed: int, crop: int, small_images: str) -> grain.MapDataset:
-    """The records of `source`, shuffled anew each epoch from `seed`, repeated forever."""
-    ds = grain.MapDataset.source(source)
+def _epochs(source, *, part: int, seed: int, crop: int, small_images: str) -> grain.MapDataset:
+    """(part, index) of each pair of `source`, shuffled anew each epoch from `seed`, repeated
+    forever."""
+    keep = list(range(len(source)))
     if small_images == "skip":
         keep = large_enough(source, crop)
         if len(keep) < len(source):
@@ -132,7 +140,7 @@ def _epochs(source, *, seed: int, crop: int, small_images: str) -> grain.MapData
         if not keep:
             raise ConfigError(f"no pair is at least {crop}x{crop}: lower data.crop_size or set "
                               "data.small_images='pad'")
-        ds = grain.MapDataset.source(keep).map(lambda i: source[i])
+    ds = grain.MapDataset.source(keep).map(lambda index: (part, index))
     return ds.seed(seed).shuffle().repeat()
 
 
@@ -149,25 +157,26 @@ def training_dataset(source, *, seed: int, batch_size: int, crop: int, flips: bo
     """
     if small_images not in SMALL_IMAGE_POLICIES:
         raise ConfigError(f"small_images must be one of {SMALL_IMAGE_POLICIES}, got {small_images!r}")
-    if isinstance(source, (list, tuple)):
-        parts = [_epochs(s, seed=seed + i, crop=crop, small_images=small_images)
-                 for i, s in enumerate(source)]
-        ds = grain.MapDataset.mix(parts, weights).seed(seed)
-    else:
-        ds = _epochs(source, seed=seed, crop=crop, small_images=small_images)
-    ds = ds.random_map(lambda record, rng: crop_pair(record, rng, crop, flips=flips,
-                                                      rotations=rotations))
+    sources = list(source) if isinstance(source, (list, tuple)) else [source]
+    parts = [_epochs(s, part=i, seed=seed + i, crop=crop, small_images=small_images)
+             for i, s in enumerate(sources)]
+    ds = grain.MapDataset.mix(parts, weights).seed(seed) if len(parts) > 1 else parts[0]
+    ds = ds.random_map(lambda item, rng: crop_pair(sources[item[0]], item[1], rng, crop,
+                                                    flips=flips, rotations=rotations))
     ds = ds.batch(batch_size, drop_remainder=True)
     # local batch k of process p is batch k·P + p: together they are global batch k
     return ds.slice(slice(shard_index, None, shard_count)) if shard_count > 1 else ds
 
 
 def iterator(dataset: grain.MapDataset, *, state=None, device=None, prefetch: int = 2,
-             workers: int = 0):
-    """An iterator over `dataset` that restores `state` (from `get_state()`), with a
-    background thread (and, given `workers`, that many worker processes preparing batches)
-    and, given `device` (a device or sharding), a transfer to it ahead of use."""
-    it_ds = dataset.to_iter_dataset()
+             workers: int = 0, read_threads: int = 2):
+    """An iterator over `dataset` that restores `state` (from `get_state()`): `read_threads`
+    threads preparing crops (in each of `workers` worker processes, given some), a background
+    thread batching ahead and, given `device` (a device or sharding), a transfer to it ahead
+    of use. Threads share a process's GIL: past a few, more make it slower (grain's default is
+    16; docs/benchmarks.md has the figures); worker processes scale."""
+    it_ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                                      prefetch_buffer_size=4 * read_threads))
     if workers:
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     if device is not None:

@@ -3,10 +3,14 @@
 Written for the TF-free corners of tfds: a `GeneratorBasedBuilder` with
 `file_format="array_record"` whose splits are streamed into shards as the pairs are decoded
 (bounded memory, no TensorFlow), a `DatasetInfo` built directly, images stored losslessly as
-tensors (uint8 where every file is 8-bit, else uint16; gray or RGB), zlib-compressed or raw
-(`compression`: raw is larger on disk and much faster to read), built with
-`download_and_prepare()` and read by random access (`as_data_source`). Each record keeps its
-pair's name.
+tensors (uint8 where every file is 8-bit, else uint16; gray or RGB) in array_record files whose
+records are zstd-compressed or raw (`compression`: raw is larger on disk, faster to read), built with
+`download_and_prepare()` and read by random access (`as_data_source`).
+
+Records are tiles: each pair is cut into `tile` x `tile` squares (smaller at its right and
+bottom edges), row by row, one record per tile holding both images' pixels there. The pairs
+themselves (name, size, colour modes, bit depths, first tile) are the dataset's metadata, so a
+random training crop reads only the tiles under it rather than its whole pair (`TiledPairs`).
 """
 from __future__ import annotations
 
@@ -21,8 +25,11 @@ import tqdm
 from ifes_jax.data import images, layouts, pairs as pairs_lib
 from ifes_jax.errors import ConfigError
 
-VERSION = "1.1.0"  # 1.1: uint8 storage for 8-bit folders, optional compression
-COMPRESSIONS = ("zlib", "none")
+VERSION = "2.0.0"  # 1.1: uint8 storage for 8-bit folders, optional compression; 2.0: tiles
+COMPRESSIONS = ("zstd", "none")
+# array_record's options: a group of one record (random access), compressed or not
+WRITER_OPTIONS = {"zstd": "group_size:1,zstd:3", "none": "group_size:1,uncompressed"}
+TILE = 256  # the default side of a record's tile (docs/benchmarks.md: 128 and 256 measured)
 SHARD_BYTES = 1 << 30  # an array_record file is closed once it holds this many bytes
 
 
@@ -31,7 +38,8 @@ class PairedFolderConfig(tfds.core.BuilderConfig):
     name is a fingerprint of all of that and of the files, so any change builds anew."""
 
     def __init__(self, *, source: str, splits: dict, mismatch: str, fingerprint: str,
-                 workers: int = 4, pixel_dtype: str = "uint16", compression: str = "zlib"):
+                 workers: int = 4, pixel_dtype: str = "uint16", compression: str = "zstd",
+                 tile: int = TILE):
         super().__init__(name=f"src_{fingerprint}", version=VERSION,
                          description=f"pairs of {source} (size mismatches: {mismatch})")
         self.source = source
@@ -40,6 +48,7 @@ class PairedFolderConfig(tfds.core.BuilderConfig):
         self.workers = workers
         self.pixel_dtype = pixel_dtype
         self.compression = compression
+        self.tile = tile
 
 
 class PairedFolder(tfds.core.GeneratorBasedBuilder):
@@ -56,22 +65,16 @@ class PairedFolder(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         config = self.builder_config
-        encoding = "zlib" if config.compression == "zlib" else "bytes"  # "bytes": raw, with its shape
         image = tfds.features.Tensor(shape=(None, None, None), dtype=np.dtype(config.pixel_dtype),
-                                     encoding=encoding)
+                                     encoding="bytes")  # the pixels' bytes and their shape
         return tfds.core.DatasetInfo(
             builder=self,
-            description="Paired infrared/visible images; pixels as stored in the files "
-                        f"({config.pixel_dtype}), channels 1 (gray) or 3 (RGB).",
-            features=tfds.features.FeaturesDict({
-                "name": tfds.features.Text(),
-                "ir": image,
-                "vis": image,
-                "ir_mode": tfds.features.Text(),
-                "vis_mode": tfds.features.Text(),
-                "ir_bit_depth": tfds.features.Scalar(dtype=np.int32),
-                "vis_bit_depth": tfds.features.Scalar(dtype=np.int32),
-            }),
+            description=f"Tiles ({config.tile}x{config.tile}) of paired infrared/visible images; "
+                        f"pixels as stored in the files ({config.pixel_dtype}), channels 1 (gray) "
+                        "or 3 (RGB). metadata: {split: [pair]}, each pair's name, height, width, "
+                        "modes, bit depths and first tile.",
+            features=tfds.features.FeaturesDict({"ir": image, "vis": image}),
+            metadata=tfds.core.MetadataDict(),
         )
 
     def _split_generators(self, dl_manager):
@@ -85,30 +88,36 @@ class PairedFolder(tfds.core.GeneratorBasedBuilder):
                 for split, members in self.builder_config.splits.items()]
 
     def _write_split(self, split, examples) -> tfds.core.SplitInfo:
+        """Every pair of `examples` cut into tiles, the tiles streamed into shards; the pairs
+        recorded in the metadata."""
         from array_record.python.array_record_module import ArrayRecordWriter
         from tensorflow_datasets.core import example_serializer
         template = self._get_filename_template(split_name=split)
         features = self.info.features
         serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
-        paths, lengths, sizes, writer = [], [], [], None  # one entry per shard begun
+        paths, lengths, sizes, writer, pairs = [], [], [], None, []  # one entry per shard begun
         try:
             for _, example in examples:
-                data = serializer.serialize_example(features.encode_example(example))
-                if writer is None or sizes[-1] >= SHARD_BYTES:
-                    if writer is not None:
-                        writer.close()
-                    paths.append(template.data_dir / f".{split}-{len(paths):05d}.part")
-                    lengths.append(0)
-                    sizes.append(0)
-                    writer = ArrayRecordWriter(os.fspath(paths[-1]), "group_size:1")
-                writer.write(data)
-                lengths[-1] += 1
-                sizes[-1] += len(data)
+                pairs.append(_pair_entry(example, first=sum(lengths)))
+                for tile in _tiles(example, self.builder_config.tile):
+                    data = serializer.serialize_example(features.encode_example(tile))
+                    if writer is None or sizes[-1] >= SHARD_BYTES:
+                        if writer is not None:
+                            writer.close()
+                        paths.append(template.data_dir / f".{split}-{len(paths):05d}.part")
+                        lengths.append(0)
+                        sizes.append(0)
+                        writer = ArrayRecordWriter(os.fspath(paths[-1]),
+                                                   WRITER_OPTIONS[self.builder_config.compression])
+                    writer.write(data)
+                    lengths[-1] += 1
+                    sizes[-1] += len(data)
         finally:
             if writer is not None:
                 writer.close()
         for i, path in enumerate(paths):  # inside tfds's temporary folder until done
             os.replace(path, template.sharded_filepath(shard_index=i, num_shards=len(paths)))
+        self.info.metadata[split] = {"tile": self.builder_config.tile, "pairs": pairs}
         return tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=sum(sizes),
                                    filename_template=template)
 
@@ -125,6 +134,24 @@ class PairedFolder(tfds.core.GeneratorBasedBuilder):
                     "ir_mode": ir_mode, "vis_mode": vis_mode,
                     "ir_bit_depth": ir_bits, "vis_bit_depth": vis_bits,
                 }
+
+
+def _pair_entry(example, first: int) -> dict:
+    """What the metadata keeps of a pair: all but its pixels, and the index of its first tile."""
+    height, width = example["ir"].shape[:2]
+    return {"name": example["name"], "ir_mode": example["ir_mode"], "vis_mode": example["vis_mode"],
+            "ir_bit_depth": int(example["ir_bit_depth"]),
+            "vis_bit_depth": int(example["vis_bit_depth"]),
+            "height": int(height), "width": int(width), "first": first}
+
+
+def _tiles(example, tile: int):
+    """The pair's tiles, row by row: {"ir", "vis"} pixels of each `tile` x `tile` square."""
+    height, width = example["ir"].shape[:2]
+    for top in range(0, height, tile):
+        for left in range(0, width, tile):
+            window = (slice(top, top + tile), slice(left, left + tile))
+            yield {"ir": example["ir"][window], "vis": example["vis"][window]}
 
 
 def _channels(x, dtype):
@@ -176,17 +203,19 @@ def _splits(layout, *, train_list, train_fraction, mismatch, split_seed, log):
 def prepare(source, data_dir, *, train_list: str | None = None,
             train_fraction: float | None = None, mismatch: str = "error", split_seed: int = 0,
             ir_subdir: str | None = None, vis_subdir: str | None = None, workers: int = 4,
-            compression: str = "zlib", log=print) -> PairedFolder:
+            compression: str = "zstd", tile: int = TILE, log=print) -> PairedFolder:
     """Validate the folder `source` (any layout `layouts` recognises; the one found is logged)
     and build its dataset into `data_dir`, decoding with `workers` threads, its records
-    `compression` "zlib" or "none" (cached: a second call with the same files and options
-    reads what is there). Returns the builder.
+    `tile` x `tile` tiles, `compression` "zstd" or "none" (cached: a second call with the same
+    files and options reads what is there). Returns the builder.
 
     tfds builds into a temporary folder and renames it when complete, so a bad file (a
     one-line `DataError`) or an interruption leaves nothing behind, and a rerun builds anew.
     """
     if compression not in COMPRESSIONS:
         raise ConfigError(f"data.cache_compression must be one of {COMPRESSIONS}, got {compression!r}")
+    if not (isinstance(tile, int) and tile > 0):
+        raise ConfigError(f"data.cache_tile must be a positive integer, got {tile!r}")
     source = os.path.abspath(os.fspath(source))
     layout = layouts.find_layout(source, ir_subdir, vis_subdir)
     log(f"layout of {layout.describe()}")
@@ -195,10 +224,10 @@ def prepare(source, data_dir, *, train_list: str | None = None,
     key = pairs_lib.fingerprint(found, mismatch, layout.describe(),
                                 train_list and os.path.abspath(train_list),
                                 train_list and open(train_list).read(), train_fraction, split_seed,
-                                compression)
+                                compression, tile)
     config = PairedFolderConfig(source=source, splits=splits, mismatch=mismatch, fingerprint=key,
                                 workers=workers, pixel_dtype=_pixel_dtype(found),
-                                compression=compression)
+                                compression=compression, tile=tile)
     builder = PairedFolder(config=config, data_dir=os.fspath(data_dir), file_format="array_record")
     if not builder.is_prepared():
         tfds.disable_progress_bar()
@@ -207,21 +236,57 @@ def prepare(source, data_dir, *, train_list: str | None = None,
     return builder
 
 
-def decode_record(record) -> dict:
-    """A record from the data source with text fields as str and images as (H, W) or (H, W, 3)."""
-    text = lambda v: v.decode() if isinstance(v, bytes) else str(v)
-    image = lambda x: x[..., 0] if x.shape[-1] == 1 else x
-    return {
-        "name": text(record["name"]),
-        "ir": image(np.asarray(record["ir"])), "vis": image(np.asarray(record["vis"])),
-        "ir_mode": text(record["ir_mode"]), "vis_mode": text(record["vis_mode"]),
-        "ir_bit_depth": int(record["ir_bit_depth"]), "vis_bit_depth": int(record["vis_bit_depth"]),
-    }
+class TiledPairs:
+    """The pairs of a split, read from their tiles: `pairs[i]` is pair i whole, `window(i, top,
+    left, height, width)` only the part of it a crop needs (reading only the tiles under it),
+    `size(i)` its (height, width) without reading any pixels. Records in the common layout:
+    {"name", "ir", "vis" ((H, W) or (H, W, 3) as stored), "ir_mode", "vis_mode",
+    "ir_bit_depth", "vis_bit_depth"}."""
+
+    def __init__(self, tiles, pairs: list[dict], tile: int):
+        self._tiles = tiles  # the split's random-access tfds data source
+        self._pairs = pairs
+        self.tile = tile
+
+    def __len__(self):
+        return len(self._pairs)
+
+    def __getitem__(self, index):
+        height, width = self.size(index)
+        return self.window(index, 0, 0, height, width)
+
+    def size(self, index) -> tuple[int, int]:
+        pair = self._pairs[index]
+        return pair["height"], pair["width"]
+
+    def window(self, index, top: int, left: int, height: int, width: int) -> dict:
+        """Rows top..top+height and columns left..left+width of pair `index`, clipped to it."""
+        pair, tile = self._pairs[index], self.tile
+        bottom, right = min(top + height, pair["height"]), min(left + width, pair["width"])
+        per_row = -(-pair["width"] // tile)
+        rows = range(top // tile, (bottom - 1) // tile + 1)
+        cols = range(left // tile, (right - 1) // tile + 1)
+        keys = [pair["first"] + r * per_row + c for r in rows for c in cols]
+        tiles = [self._tiles[key] for key in keys]
+        out = {}
+        for key in ("ir", "vis"):
+            channels = tiles[0][key].shape[-1]
+            pixels = np.empty((bottom - top, right - left, channels), tiles[0][key].dtype)
+            for (r, c), found in zip(((r, c) for r in rows for c in cols), tiles):
+                y0, x0 = max(r * tile, top), max(c * tile, left)  # the overlap, in image pixels
+                y1, x1 = min((r + 1) * tile, bottom), min((c + 1) * tile, right)
+                pixels[y0 - top:y1 - top, x0 - left:x1 - left] = \
+                    found[key][y0 - r * tile:y1 - r * tile, x0 - c * tile:x1 - c * tile]
+            out[key] = pixels[..., 0] if channels == 1 else pixels
+        return {"name": pair["name"], "ir": out["ir"], "vis": out["vis"],
+                "ir_mode": pair["ir_mode"], "vis_mode": pair["vis_mode"],
+                "ir_bit_depth": pair["ir_bit_depth"], "vis_bit_depth": pair["vis_bit_depth"]}
 
 
-def data_source(builder: PairedFolder, split: str = "train"):
-    """The random-access source of a split (records as tfds decodes them)."""
+def data_source(builder: PairedFolder, split: str = "train") -> TiledPairs:
+    """The pairs of a split, by random access."""
     if split not in builder.info.splits:
         raise pairs_lib.DataError(f"{builder.builder_config.source}: no split {split!r} "
                                   f"(has {', '.join(builder.info.splits)})")
-    return builder.as_data_source(split=split)
+    stored = builder.info.metadata[split]
+    return TiledPairs(builder.as_data_source(split=split), stored["pairs"], stored["tile"])
