@@ -260,3 +260,8 @@ def test_records_are_tiles_and_a_window_reads_only_the_tiles_under_it(tmp_path, 
             under = {index * 9 + r * 3 + c for r in range(top // 16, bottom // 16 + 1)
                      for c in range(left // 16, right // 16 + 1)}
             assert sorted(counting.read) == sorted(under)
+    again = tfds_pairs.data_source(tfds_pairs.prepare(str(root), cache, tile=16))  # from disk
+    np.testing.assert_array_equal(again.window(1, 9, 3, 30, 40)["vis"], pairs.window(1, 9, 3, 30, 40)["vis"])
+    (pathlib.Path(builder.data_dir) / "metadata.json").unlink()
+    with pytest.raises(DataError, match="metadata.json; delete the folder"):
+        tfds_pairs.data_source(tfds_pairs.prepare(str(root), cache, tile=16))

@@ -288,5 +288,8 @@ def data_source(builder: PairedFolder, split: str = "train") -> TiledPairs:
     if split not in builder.info.splits:
         raise pairs_lib.DataError(f"{builder.builder_config.source}: no split {split!r} "
                                   f"(has {', '.join(builder.info.splits)})")
-    stored = builder.info.metadata[split]
+    stored = (builder.info.metadata or {}).get(split)
+    if not stored or len(stored["pairs"]) == 0:
+        raise pairs_lib.DataError(f"{builder.data_dir}: no index of the {split!r} pairs in "
+                                  "metadata.json; delete the folder to rebuild it")
     return TiledPairs(builder.as_data_source(split=split), stored["pairs"], stored["tile"])
