@@ -84,6 +84,7 @@ def restore(mngr: ocp.CheckpointManager, template_state, data_iterator=None, ste
     `template_state` (concrete or abstract arrays); `data_iterator`, if given, is set to the
     saved position in place."""
     step = mngr.latest_step() if step is None else step
+    check_architecture(mngr, step, template_state.params)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template_state)
     items = {"state": ocp.args.StandardRestore(abstract)}
     if data_iterator is not None:
@@ -94,6 +95,24 @@ def restore(mngr: ocp.CheckpointManager, template_state, data_iterator=None, ste
     for part in ("step", "params", "opt_state"):
         _verify(mngr, step, part, getattr(state, part), expected)
     return state
+
+
+def check_architecture(mngr: ocp.CheckpointManager, step: int, template_params) -> None:
+    """Refuse, from the checkpoint's metadata and before any array is read, parameters whose
+    names or shapes differ from `template_params`' (a checkpoint of another architecture: a
+    restore that fails midway leaves orbax threads printing tracebacks into the output)."""
+    folder = os.path.join(str(mngr.directory), str(step))
+    stored = ocp.PyTreeCheckpointer().metadata(os.path.join(folder, "state"))
+    stored = getattr(stored, "item_metadata", stored)
+    stored = getattr(stored, "tree", stored)["params"]
+    shapes = lambda tree: {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf
+                           in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    have, want = shapes(stored), shapes(template_params)
+    for name in sorted(set(have) | set(want)):
+        if have.get(name) != want.get(name):
+            raise InputError(f"{folder}: does not fit the architecture of this config (params"
+                             f"{name}: stored {have.get(name, 'nothing')}, the config's "
+                             f"{want.get(name, 'nothing')})")
 
 
 def saved_digest(mngr: ocp.CheckpointManager, step: int) -> dict | None:
@@ -115,6 +134,7 @@ def restore_params(mngr: ocp.CheckpointManager, template_params, step=None):
     structure, dtypes and shardings of `template_params` (abstract arrays): no optimizer state
     is read, so inference needs no optimizer."""
     step = mngr.latest_step() if step is None else step
+    check_architecture(mngr, step, template_params)
     item = {"params": template_params}
     state = ocp.args.PyTreeRestore(item=item, partial_restore=True,
                                    restore_args=ocp.checkpoint_utils.construct_restore_args(item))
