@@ -168,12 +168,13 @@ def test_half_precision_runs_bfloat16_with_float32_state_and_agrees_with_float32
         state = train.create_train_state(config, jax.random.key(0), 32)
         step = train.make_train_step(config)
         # the compiled program itself convolves in bfloat16 (or not at all, in float32)
-        hlo = step.lower(state, batch).compile().as_text()
+        compiled = step.lower(state, batch).compile()
+        hlo = compiled.as_text()
         convolutions = [line for line in hlo.splitlines()
                         if "custom_call_target=\"IfesConv" in line or " convolution(" in line]
         assert convolutions
         assert all(("bf16[" in line) == half for line in convolutions)
-        new, metrics = step(state, batch)
+        new, metrics = compiled(state, batch)  # the program inspected above
         assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((new.params, new.opt_state))
                    if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating))
         results[half] = {k: float(v) for k, v in metrics.items()}
