@@ -265,3 +265,21 @@ def test_records_are_tiles_and_a_window_reads_only_the_tiles_under_it(tmp_path, 
     (pathlib.Path(builder.data_dir) / "metadata.json").unlink()
     with pytest.raises(DataError, match="metadata.json; delete the folder"):
         tfds_pairs.data_source(tfds_pairs.prepare(str(root), cache, tile=16))
+
+
+def test_worker_processes_read_the_tiles_into_the_same_batches(tmp_path, cache):
+    """A tiled dataset read by a grain worker process (the source pickled into it) gives the
+    batches the dataset defines, and two read threads give them in order too."""
+    from absl import flags
+    from ifes_jax.data import pipeline
+    flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
+    root = _folder(tmp_path / "w", names=("a", "b", "c"), size=(40, 48))
+    source = pipeline.tfds_source(tfds_pairs.prepare(root, cache, tile=16, log=lambda msg: None))
+    ds = pipeline.training_dataset(source, seed=0, batch_size=2, crop=24)
+    for workers in (0, 1):
+        it = pipeline.iterator(ds, workers=workers, read_threads=2)
+        try:
+            for k in range(4):
+                np.testing.assert_array_equal(next(it)["vis"], ds[k]["vis"])
+        finally:
+            it.close()
