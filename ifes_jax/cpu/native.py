@@ -10,6 +10,7 @@ x86-64 Linux, packages or compiler missing, the build failed).
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import functools
 import hashlib
 import importlib.metadata
@@ -68,6 +69,15 @@ def build() -> pathlib.Path:
     if _intact(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # processes starting together build it once
+        if not _intact(target):
+            _compile(command, target)
+    return target
+
+
+def _compile(command: list[str], target: pathlib.Path) -> None:
+    """Run the compiler into a temporary file, then move the library and its digest in place."""
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = pathlib.Path(tmp) / target.name
         run = subprocess.run(command + ["-o", str(out)], capture_output=True, text=True)
@@ -77,9 +87,8 @@ def build() -> pathlib.Path:
             raise Unavailable(f"building {SOURCE.name} failed: {first_error}")
         digest = pathlib.Path(tmp) / "digest"
         digest.write_text(_sha256(out))
-        os.replace(out, target)  # atomic: concurrent builders each write a whole file
+        os.replace(out, target)  # atomic: a reader never sees half a library
         os.replace(digest, _digest_path(target))
-    return target
 
 
 def _sha256(path: pathlib.Path) -> str:
