@@ -264,15 +264,14 @@ class TiledPairs:
         pair, tile = self._pairs[index], self.tile
         bottom, right = min(top + height, pair["height"]), min(left + width, pair["width"])
         per_row = -(-pair["width"] // tile)
-        rows = range(top // tile, (bottom - 1) // tile + 1)
-        cols = range(left // tile, (right - 1) // tile + 1)
-        keys = [pair["first"] + r * per_row + c for r in rows for c in cols]
-        tiles = [self._tiles[key] for key in keys]
+        under = [(r, c) for r in range(top // tile, (bottom - 1) // tile + 1)
+                 for c in range(left // tile, (right - 1) // tile + 1)]  # tile rows and columns
+        tiles = [self._tiles[pair["first"] + r * per_row + c] for r, c in under]
         out = {}
         for key in ("ir", "vis"):
             channels = tiles[0][key].shape[-1]
             pixels = np.empty((bottom - top, right - left, channels), tiles[0][key].dtype)
-            for (r, c), found in zip(((r, c) for r in rows for c in cols), tiles):
+            for (r, c), found in zip(under, tiles):
                 y0, x0 = max(r * tile, top), max(c * tile, left)  # the overlap, in image pixels
                 y1, x1 = min((r + 1) * tile, bottom), min((c + 1) * tile, right)
                 pixels[y0 - top:y1 - top, x0 - left:x1 - left] = \
