@@ -120,14 +120,14 @@ def test_model_gradients_equal_those_of_xla_convolutions(interactive):
     ir = jnp.asarray(rng.uniform(size=(2, 19, 23, 1)), jnp.float32)
     vis = jnp.asarray(rng.uniform(size=(2, 19, 23, 1)), jnp.float32)
     kw = dict(width_multiplier=0.125, interactive=interactive, hierarchical_connection=True)
-    params = IFESNet(**kw).init(jax.random.key(0), ir, vis)["params"]
+    params = _jit(IFESNet(**kw).init)(jax.random.key(0), ir, vis)["params"]
 
     def grads(backend):
         net = IFESNet(conv=cpu.conv_for(backend), **kw)
         def loss(p):
             out = net.apply({"params": p}, ir, vis)
             return jnp.mean(jnp.square(out["fused"]) + out["recon_ir"])
-        return jax.jit(jax.grad(loss))(params)
+        return _jit(jax.grad(loss))(params)
 
     xla, onednn = grads("xla"), grads("onednn")
     for a, b in zip(jax.tree.leaves(xla), jax.tree.leaves(onednn)):
@@ -184,6 +184,12 @@ def test_a_cached_library_that_no_longer_matches_its_digest_is_rebuilt(monkeypat
 
 # ------------------------------------- every transform through the model built by from_config
 
+def _jit(fn):
+    """`fn` compiled unoptimised: these programs run once on images of 14 x 12, where compiling
+    is the cost (run eagerly, every primitive would be compiled on its own)."""
+    return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0})
+
+
 def _models():
     """The quickstart-width model on the default CPU path and on XLA's, with parameters."""
     config = quickstart.get_config().model
@@ -194,7 +200,7 @@ def _models():
     rng = np.random.default_rng(4)
     ir = jnp.asarray(rng.uniform(size=(2, 14, 12, 1)), jnp.float32)
     vis = jnp.asarray(rng.uniform(size=(2, 14, 12, 1)), jnp.float32)
-    params = default.init(jax.random.key(0), ir, vis)["params"]
+    params = _jit(default.init)(jax.random.key(0), ir, vis)["params"]
     return default, reference, params, ir, vis
 
 
@@ -219,15 +225,15 @@ def test_from_config_picks_onednn_on_the_cpu():
 @needs_onednn
 def test_grad_and_jvp_of_the_default_cpu_model_equal_the_xla_path():
     default, reference, params, ir, vis = _models()
-    _close(jax.jit(jax.grad(_objective(default, ir, vis)))(params),
-           jax.grad(_objective(reference, ir, vis))(params))
+    _close(_jit(jax.grad(_objective(default, ir, vis)))(params),
+           _jit(jax.grad(_objective(reference, ir, vis)))(params))
     tangent = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
     jvp = lambda net: lambda p, t: jax.jvp(_objective(net, ir, vis), (p,), (t,))  # noqa: E731
-    _close(jax.jit(jvp(default))(params, tangent), jvp(reference)(params, tangent))
+    _close(_jit(jvp(default))(params, tangent), _jit(jvp(reference))(params, tangent))
     # the image too: forward mode through the inputs (a Jacobian column of the fused image)
-    column = lambda net: jax.jvp(lambda x: net.apply({"params": params}, x, vis)["fused"],  # noqa: E731
-                                 (ir,), (jnp.ones_like(ir),))[1]
-    _close(column(default), column(reference))
+    column = lambda net: _jit(lambda x: jax.jvp(  # noqa: E731
+        lambda y: net.apply({"params": params}, y, vis)["fused"], (x,), (jnp.ones_like(x),))[1])
+    _close(column(default)(ir), column(reference)(ir))
 
 
 @needs_onednn
@@ -244,7 +250,7 @@ def test_hessian_vector_products_of_the_default_cpu_model_equal_the_xla_path():
             jax.tree.leaves(grad(p)), jax.tree.leaves(tangent))))
 
     for hvp in (forward_over_reverse, reverse_over_reverse):
-        _close(jax.jit(hvp(default))(params), hvp(reference)(params), rtol=1e-3)
+        _close(_jit(hvp(default))(params), _jit(hvp(reference))(params), rtol=1e-3)
 
 
 @needs_onednn
@@ -252,11 +258,11 @@ def test_vmap_of_the_default_cpu_model_is_batched_not_sequential():
     default, reference, params, ir, vis = _models()
     stacked = jnp.stack([ir, vis, 0.5 * ir])  # (3, 2, H, W, 1): a batch of batches
     fuse = lambda net: jax.vmap(lambda x: net.apply({"params": params}, x, vis)["fused"])  # noqa: E731
-    _close(jax.jit(fuse(default))(stacked), fuse(reference)(stacked))
+    _close(_jit(fuse(default))(stacked), _jit(fuse(reference))(stacked))
     jaxpr = str(jax.make_jaxpr(fuse(default))(stacked))
     assert "while" not in jaxpr and "scan" not in jaxpr  # one call per layer, all 6 images
     assert re.search(r"f32\[6,14,12,\d+\] = ifes_onednn_conv\[", jaxpr)
     # per-example gradients: vmap of grad (kernel gradients batched over the examples)
     per_example = lambda net: jax.vmap(  # noqa: E731
         lambda i, v: jax.grad(_objective(net, i[None], v[None]))(params))
-    _close(jax.jit(per_example(default))(ir, vis), per_example(reference)(ir, vis))
+    _close(_jit(per_example(default))(ir, vis), _jit(per_example(reference))(ir, vis))
