@@ -19,6 +19,12 @@ from tests.helpers.tiny_config import tiny_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _jit(fn):
+    """`fn` compiled unoptimised: run once on 24 x 24 images, compiling is its cost (run
+    eagerly, every primitive would be compiled on its own)."""
+    return jax.jit(fn, compiler_options={"xla_backend_optimization_level": 0})
+
+
 def _outputs(rng, shape=(2, 24, 24, 1)):
     images = [rng.uniform(size=shape).astype(np.float32) for _ in range(5)]
     weights = rng.uniform(size=shape[:3] + (2,)).astype(np.float32)
@@ -30,9 +36,9 @@ def test_the_objective_adds_each_weighted_metric_to_eq_6():
     rng = np.random.default_rng(0)
     (ir, vis, fused, _, _), outputs = _outputs(rng)
     config = quickstart.get_config().loss
-    plain, plain_terms = train.objective(outputs, ir, vis, config)
+    plain, plain_terms = _jit(lambda o: train.objective(o, ir, vis, config))(outputs)
     config.metric_terms = ml_collections.ConfigDict({"scd": -0.1, "cddfuse:AG": 0.02})
-    total, terms = train.objective(outputs, ir, vis, config)
+    total, terms = _jit(lambda o: train.objective(o, ir, vis, config))(outputs)
     # independent values: each metric image by image, averaged over the batch
     scd = np.mean([float(metrics.scd(fused[i, ..., 0], ir[i, ..., 0], vis[i, ..., 0])) for i in range(2)])
     ag = np.mean([float(metrics.average_gradient(fused[i, ..., 0], differences="central", divisor="MN"))
@@ -52,11 +58,11 @@ def test_a_metric_term_moves_the_gradient_by_its_own():
 
     def total_of(f, cfg):
         return train.objective(dict(outputs, fused=f), ir, vis, cfg)[0]
-    plain = jax.grad(total_of)(fused, config)
+    plain = _jit(jax.grad(lambda f: total_of(f, config)))(fused)
     config.metric_terms = ml_collections.ConfigDict({"ssim_fusion": -0.5})
-    with_term = jax.grad(total_of)(fused, config)
-    ssim_grad = jax.grad(lambda f: sum(metrics.ssim_fusion(f[i, ..., 0], ir[i, ..., 0], vis[i, ..., 0])
-                                       for i in range(2)) / 2)(fused)
+    with_term = _jit(jax.grad(lambda f: total_of(f, config)))(fused)
+    ssim_grad = _jit(jax.grad(lambda f: sum(metrics.ssim_fusion(f[i, ..., 0], ir[i, ..., 0], vis[i, ..., 0])
+                                            for i in range(2)) / 2))(fused)
     np.testing.assert_allclose(with_term - plain, -0.5 * ssim_grad, atol=1e-7, rtol=1e-4)
 
 
