@@ -91,27 +91,21 @@ class PairedFolder(tfds.core.GeneratorBasedBuilder):
         """Every pair of `examples` cut into tiles, the tiles streamed into shards; the pairs
         recorded in the metadata."""
         from array_record.python.array_record_module import ArrayRecordWriter
-        from tensorflow_datasets.core import example_serializer
         template = self._get_filename_template(split_name=split)
-        features = self.info.features
-        serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
         paths, lengths, sizes, writer, pairs = [], [], [], None, []  # one entry per shard begun
         try:
-            for _, example in examples:
-                pairs.append(_pair_entry(example, first=sum(lengths)))
-                for tile in _tiles(example, self.builder_config.tile):
-                    data = serializer.serialize_example(features.encode_example(tile))
-                    if writer is None or sizes[-1] >= SHARD_BYTES:
-                        if writer is not None:
-                            writer.close()
-                        paths.append(template.data_dir / f".{split}-{len(paths):05d}.part")
-                        lengths.append(0)
-                        sizes.append(0)
-                        writer = ArrayRecordWriter(os.fspath(paths[-1]),
-                                                   WRITER_OPTIONS[self.builder_config.compression])
-                    writer.write(data)
-                    lengths[-1] += 1
-                    sizes[-1] += len(data)
+            for data in self._serialized_tiles(examples, pairs):
+                if writer is None or sizes[-1] >= SHARD_BYTES:
+                    if writer is not None:
+                        writer.close()
+                    paths.append(template.data_dir / f".{split}-{len(paths):05d}.part")
+                    lengths.append(0)
+                    sizes.append(0)
+                    writer = ArrayRecordWriter(os.fspath(paths[-1]),
+                                               WRITER_OPTIONS[self.builder_config.compression])
+                writer.write(data)
+                lengths[-1] += 1
+                sizes[-1] += len(data)
         finally:
             if writer is not None:
                 writer.close()
@@ -120,6 +114,19 @@ class PairedFolder(tfds.core.GeneratorBasedBuilder):
         self.info.metadata[split] = {"tile": self.builder_config.tile, "pairs": pairs}
         return tfds.core.SplitInfo(name=split, shard_lengths=lengths, num_bytes=sum(sizes),
                                    filename_template=template)
+
+    def _serialized_tiles(self, examples, pairs: list):
+        """The records of every tile of `examples`, in order; each pair's entry (with the
+        index of its first tile) is appended to `pairs`."""
+        from tensorflow_datasets.core import example_serializer
+        features = self.info.features
+        serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
+        count = 0
+        for _, example in examples:
+            pairs.append(_pair_entry(example, first=count))
+            for tile in _tiles(example, self.builder_config.tile):
+                count += 1
+                yield serializer.serialize_example(features.encode_example(tile))
 
     def _generate_examples(self, members):
         crop = self.builder_config.mismatch == "crop"
