@@ -24,3 +24,16 @@ def pytest_configure(config):
         shutil.rmtree(CACHE, ignore_errors=True)
     (CACHE / "cli").mkdir(parents=True, exist_ok=True)
 
+
+
+# The modules that run longest (end-to-end runs in subprocesses, compiles of many distinct
+# programs), longest first. pytest.ini gives `--dist loadscope`: a module runs on one worker, so
+# its module fixtures are built once, and starting the longest first lets both workers finish
+# together.
+LONGEST_FIRST = ("test_parallel", "test_benchmark", "test_model", "test_train", "test_toolbox_profiles",
+                 "test_fuse", "test_metric_gradients", "test_checkpoint", "test_metrics")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 
+from ifes_jax.cli import export_weights
 
 # the paper's ablations: Tables III-IV (w/o IFEM), Table V (S1-S4, HC), Table VI (MAE)
 VARIANTS = {
@@ -51,6 +52,10 @@ FIDELITY = {
                     "optim.schedule": "constant", "optim.warmup_steps": 0,
                     "train.steps": 4800, "train.checkpoint_every": 1200},
     "crop_192": {"data.crop_size": 192},
+    # part 2: the one-change winners together
+    "map_0.1_linear": {"loss.weight_map": 0.1, "model.weight_activation": "linear"},
+    "map_0.1_linear_window_7": {"loss.weight_map": 0.1, "model.weight_activation": "linear",
+                                "loss.window_size": 7},
 }
 
 STUDIES = {"ablations": VARIANTS, "fidelity": FIDELITY}
@@ -173,8 +178,7 @@ def export_all(names, workdir_root, steps):
             summary[name] = {"finished": False, "export": None}
             continue
         out = os.path.join(workdir_root, "exports", name)
-        subprocess.run([sys.executable, "-m", "ifes_jax.cli.export_weights",
-                        "--workdir", workdir, "--out", out], check=True)
+        export_weights.main(["--workdir", workdir, "--out", out])
         summary[name] = {"finished": done, "export": out}
     return summary
 
