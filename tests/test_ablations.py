@@ -59,3 +59,10 @@ def test_every_fidelity_candidate_is_a_valid_config_and_validates_off_the_test_s
     train, val = names["tno-fidelity-train.txt"], names["tno-fidelity-val.txt"]
     assert len(val) == 18 and not train & val and train | val == names["train-pairs.txt"]
     assert not val & names["test-overlap-pairs.txt"]
+    # the winner at full budget keeps that split, with tno_cpu's budget and the two changes
+    from configs import tno_cpu, tno_cpu_fidelity
+    winner, shipped = tno_cpu_fidelity.get_config(), tno_cpu.get_config()
+    assert winner.data.train_list.endswith("tno-fidelity-train.txt")
+    assert winner.data.val_train_list.endswith("tno-fidelity-val.txt") and winner.data.val_split == "train"
+    assert winner.train.steps == shipped.train.steps and winner.optim == shipped.optim
+    assert (winner.loss.weight_map, winner.model.weight_activation) == (0.1, "linear")

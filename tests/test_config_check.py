@@ -13,8 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_the_shipped_configs_pass():
-    from configs import default, tno_cpu, tno_gpu
-    for module in (default, quickstart, tno_cpu, tno_gpu):
+    from configs import default, fidelity, tno_cpu, tno_cpu_fidelity, tno_gpu
+    for module in (default, quickstart, tno_cpu, tno_gpu, fidelity, tno_cpu_fidelity):
         config_check.check(module.get_config())
 
 
