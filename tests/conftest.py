@@ -25,7 +25,6 @@ def pytest_configure(config):
     (CACHE / "cli").mkdir(parents=True, exist_ok=True)
 
 
-
 # The modules that run longest (end-to-end runs in subprocesses, compiles of many distinct
 # programs), longest first. pytest.ini gives `--dist loadscope`: a module runs on one worker, so
 # its module fixtures are built once, and starting the longest first lets both workers finish
