@@ -56,6 +56,9 @@ FIDELITY = {
     "map_0.1_linear": {"loss.weight_map": 0.1, "model.weight_activation": "linear"},
     "map_0.1_linear_window_7": {"loss.weight_map": 0.1, "model.weight_activation": "linear",
                                 "loss.window_size": 7},
+    # the L_M weight around 0.1 with linear maps
+    "map_0.03_linear": {"loss.weight_map": 0.03, "model.weight_activation": "linear"},
+    "map_0.3_linear": {"loss.weight_map": 0.3, "model.weight_activation": "linear"},
 }
 
 STUDIES = {"ablations": VARIANTS, "fidelity": FIDELITY}
