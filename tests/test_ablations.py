@@ -59,6 +59,11 @@ def test_every_fidelity_candidate_is_a_valid_config_and_validates_off_the_test_s
     train, val = names["tno-fidelity-train.txt"], names["tno-fidelity-val.txt"]
     assert len(val) == 18 and not train & val and train | val == names["train-pairs.txt"]
     assert not val & names["test-overlap-pairs.txt"]
+    # the diagnostic adds exactly the 40 test-overlap pairs, still validating off them
+    from ifes_jax.data.pairs import read_name_list
+    overlap = read_name_list(ablations.FIDELITY["diag_test_overlap"]["data.train_list"])
+    assert len(overlap) == len(set(overlap)) == 111
+    assert set(overlap) == train | names["test-overlap-pairs.txt"] and not set(overlap) & val
     # the winner at full budget keeps that split, with tno_cpu's budget and the two changes
     from configs import tno_cpu, tno_cpu_fidelity
     winner, shipped = tno_cpu_fidelity.get_config(), tno_cpu.get_config()
