@@ -35,6 +35,7 @@ def get_config():
     loss.eps = 1e-6            # variance floor for flat patches
     loss.xi = 1.7              # ξ of the expected image (eq. 10)
     loss.tau = 1.0             # τ of the weight-map constraint (eq. 13)
+    loss.map_reduction = "pixel"  # L_M's mean over pixels of |τ − W1 − W2| | image: |τ − mean(W1 + W2)|
     # extra terms, metric name -> weight (negative to maximise), e.g. {"viff": -0.1}: any
     # differentiable metric of ifes_jax/metrics.py, or PROFILE:NAME (ifes_jax/metric_terms.py)
     loss.metric_terms = ml_collections.ConfigDict()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numbers
 
-from ifes_jax import cpu, metric_terms, model, parallel
+from ifes_jax import cpu, losses, metric_terms, model, parallel
 from ifes_jax.data import pairs, pipeline
 from ifes_jax.errors import ConfigError
 
@@ -17,6 +17,7 @@ CHOICES = {
     "loss.recon": ("mse", "mae"),
     "loss.ssim_mode": ("window", "global"),
     "loss.window": ("uniform", "gaussian"),
+    "loss.map_reduction": losses.MAP_REDUCTIONS,
     "optim.schedule": ("constant", "warmup_constant", "warmup_cosine"),
     "optim.weight_decay_mode": ("l2", "decoupled"),
     "data.mismatch": pairs.MISMATCH_POLICIES,

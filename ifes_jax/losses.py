@@ -207,10 +207,20 @@ def reconstruction_loss(target, reconstruction, kind: str = "mse"):
     raise ValueError(f"reconstruction loss must be 'mse' or 'mae', got {kind!r}")
 
 
-def weight_map_loss(weights_BHW2, tau: float = 1.0):
-    """L_M = mean |τ − W1 − W2| (eq. 13); one value per image."""
+MAP_REDUCTIONS = ("pixel", "image")
+
+
+def weight_map_loss(weights_BHW2, tau: float = 1.0, reduction: str = "pixel"):
+    """L_M = |τ − W1 − W2| (eq. 13); one value per image. `pixel`: the mean over pixels of
+    |τ − W1 − W2|; `image`: |τ − mean(W1 + W2)|, one constraint on each image's mean weight sum
+    (eq. 13 names no reduction)."""
     w = jnp.asarray(weights_BHW2, jnp.float32)
-    return jnp.mean(jnp.abs(tau - w[..., 0] - w[..., 1]), axis=tuple(range(1, w.ndim - 1)))
+    axes = tuple(range(1, w.ndim - 1))
+    if reduction == "pixel":
+        return jnp.mean(jnp.abs(tau - w[..., 0] - w[..., 1]), axis=axes)
+    if reduction == "image":
+        return jnp.abs(tau - jnp.mean(w[..., 0] + w[..., 1], axis=axes))
+    raise ValueError(f"weight-map reduction must be one of {', '.join(MAP_REDUCTIONS)}, got {reduction!r}")
 
 
 def ifesnet_loss(outputs, ir_BHW1, vis_BHW1, loss_config, extra_terms=None):
@@ -227,7 +237,8 @@ def ifesnet_loss(outputs, ir_BHW1, vis_BHW1, loss_config, extra_terms=None):
             fused, ir_BHW1, vis_BHW1, mode=cfg.ssim_mode, window=cfg.window,
             window_size=cfg.window_size, sigma=cfg.window_sigma, xi=cfg.xi, c=cfg.ssim_c,
             eps=cfg.eps)),
-        "loss_map": (cfg.weight_map, weight_map_loss(outputs["weights"], cfg.tau)),
+        "loss_map": (cfg.weight_map, weight_map_loss(outputs["weights"], cfg.tau,
+                                                               cfg.get("map_reduction", "pixel"))),
     }
     weighted = {name: (weight, jnp.mean(value)) for name, (weight, value) in weighted.items()}
     for name, (weight, fn) in (extra_terms or {}).items():

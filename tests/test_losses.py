@@ -135,6 +135,26 @@ def test_total_loss_is_the_weighted_sum_of_eq_6():
     np.testing.assert_allclose(float(mse_terms["loss_ir"]), ((r_ir - ir) ** 2).mean(), rtol=1e-5)
 
 
+def test_weight_map_loss_per_pixel_and_per_image():
+    rng = np.random.default_rng(13)
+    weights = rng.uniform(0, 1.5, size=(3, 13, 12, 2)).astype(np.float32)
+    total = weights[..., 0] + weights[..., 1]
+    pixel = [np.mean(np.abs(0.9 - total[b])) for b in range(3)]
+    image = [abs(0.9 - np.mean(total[b])) for b in range(3)]
+    np.testing.assert_allclose(losses.weight_map_loss(weights, 0.9), pixel, rtol=1e-6)
+    np.testing.assert_allclose(losses.weight_map_loss(weights, 0.9, "image"), image, rtol=1e-5)
+    # per image, weights summing to τ on average cost nothing, however they vary
+    balanced = np.stack([total[0], 2 * total[0].mean() - total[0]], axis=-1)[None]
+    assert float(losses.weight_map_loss(balanced, 2 * float(total[0].mean()), "image")[0]) < 1e-5
+    _, terms = losses.ifesnet_loss({"fused": weights[..., :1], "weights": weights,
+                                    "recon_ir": weights[..., :1], "recon_vis": weights[..., 1:]},
+                                   weights[..., :1], weights[..., 1:],
+                                   _loss_config(tau=0.9, map_reduction="image"))
+    np.testing.assert_allclose(float(terms["loss_map"]), np.mean(image), rtol=1e-5)
+    with pytest.raises(ValueError, match="reduction"):
+        losses.weight_map_loss(weights, 1.0, "sum")
+
+
 @pytest.mark.parametrize("mode", ["window", "global"])
 @pytest.mark.parametrize("window", ["uniform", "gaussian"])
 def test_gradient_is_finite_on_flat_images(mode, window):

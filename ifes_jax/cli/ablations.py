@@ -59,6 +59,9 @@ FIDELITY = {
     # the L_M weight around 0.1 with linear maps
     "map_0.03_linear": {"loss.weight_map": 0.03, "model.weight_activation": "linear"},
     "map_0.3_linear": {"loss.weight_map": 0.3, "model.weight_activation": "linear"},
+    # eq. 13 read per image, |τ − mean(W1 + W2)|: the maps free to sum above τ locally
+    "map_image": {"loss.map_reduction": "image"},
+    "map_image_linear": {"loss.map_reduction": "image", "model.weight_activation": "linear"},
     # a diagnostic, never a reported model: the winner trained with the 40 TNO pairs that share
     # an image with INFV-20/41 added (111 pairs, like the paper's 110 overlapping groups)
     "diag_test_overlap": {"loss.weight_map": 0.1, "model.weight_activation": "linear",
