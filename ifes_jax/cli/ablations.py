@@ -62,6 +62,9 @@ FIDELITY = {
     # eq. 13 read per image, |τ − mean(W1 + W2)|: the maps free to sum above τ locally
     "map_image": {"loss.map_reduction": "image"},
     "map_image_linear": {"loss.map_reduction": "image", "model.weight_activation": "linear"},
+    # capacity under the winner: half the paper's width instead of a quarter
+    "map_0.1_linear_width_0.5": {"loss.weight_map": 0.1, "model.weight_activation": "linear",
+                                 "model.width_multiplier": 0.5},
     # a diagnostic, never a reported model: the winner trained with the 40 TNO pairs that share
     # an image with INFV-20/41 added (111 pairs, like the paper's 110 overlapping groups)
     "diag_test_overlap": {"loss.weight_map": 0.1, "model.weight_activation": "linear",
