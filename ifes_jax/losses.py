@@ -237,8 +237,8 @@ def ifesnet_loss(outputs, ir_BHW1, vis_BHW1, loss_config, extra_terms=None):
             fused, ir_BHW1, vis_BHW1, mode=cfg.ssim_mode, window=cfg.window,
             window_size=cfg.window_size, sigma=cfg.window_sigma, xi=cfg.xi, c=cfg.ssim_c,
             eps=cfg.eps)),
-        "loss_map": (cfg.weight_map, weight_map_loss(outputs["weights"], cfg.tau,
-                                                               cfg.get("map_reduction", "pixel"))),
+        "loss_map": (cfg.weight_map, weight_map_loss(
+            outputs["weights"], cfg.tau, cfg.get("map_reduction", "pixel"))),
     }
     weighted = {name: (weight, jnp.mean(value)) for name, (weight, value) in weighted.items()}
     for name, (weight, fn) in (extra_terms or {}).items():
