@@ -34,6 +34,9 @@ VARIANTS = {
     "mae": {"loss.recon": "mae"},
 }
 
+# the fidelity study's winner (configs/tno_cpu_fidelity.py): L_M at 0.1 and linear weight maps
+WINNER = {"loss.weight_map": 0.1, "model.weight_activation": "linear"}
+
 # issue 20: candidate causes of the gap to the paper's gradient metrics, one change each
 # (configs/fidelity.py: ranked on validation pairs that no test set holds)
 FIDELITY = {
@@ -53,9 +56,8 @@ FIDELITY = {
                     "train.steps": 4800, "train.checkpoint_every": 1200},
     "crop_192": {"data.crop_size": 192},
     # part 2: the one-change winners together
-    "map_0.1_linear": {"loss.weight_map": 0.1, "model.weight_activation": "linear"},
-    "map_0.1_linear_window_7": {"loss.weight_map": 0.1, "model.weight_activation": "linear",
-                                "loss.window_size": 7},
+    "map_0.1_linear": WINNER,
+    "map_0.1_linear_window_7": WINNER | {"loss.window_size": 7},
     # the L_M weight around 0.1 with linear maps
     "map_0.03_linear": {"loss.weight_map": 0.03, "model.weight_activation": "linear"},
     "map_0.3_linear": {"loss.weight_map": 0.3, "model.weight_activation": "linear"},
@@ -63,12 +65,10 @@ FIDELITY = {
     "map_image": {"loss.map_reduction": "image"},
     "map_image_linear": {"loss.map_reduction": "image", "model.weight_activation": "linear"},
     # capacity under the winner: half the paper's width instead of a quarter
-    "map_0.1_linear_width_0.5": {"loss.weight_map": 0.1, "model.weight_activation": "linear",
-                                 "model.width_multiplier": 0.5},
+    "map_0.1_linear_width_0.5": WINNER | {"model.width_multiplier": 0.5},
     # a diagnostic, never a reported model: the winner trained with the 40 TNO pairs that share
     # an image with INFV-20/41 added (111 pairs, like the paper's 110 overlapping groups)
-    "diag_test_overlap": {"loss.weight_map": 0.1, "model.weight_activation": "linear",
-                          "data.train_list": "configs/lists/tno-fidelity-train-overlap.txt"},
+    "diag_test_overlap": WINNER | {"data.train_list": "configs/lists/tno-fidelity-train-overlap.txt"},
 }
 
 STUDIES = {"ablations": VARIANTS, "fidelity": FIDELITY}
